@@ -1,0 +1,11 @@
+# Runtime defaults every pretrain config inherits.
+seed = 0
+deterministic = False
+device = "auto"        # "cpu" forces CPU even when a GPU is present
+amp = "auto"           # bf16 autocast on GPU, off on CPU
+sync_bn = False
+accum_steps = 1
+num_workers = 4
+log_interval = 10
+keep_checkpoints = 3
+lr_schedule = dict(warmup_iters=0, min_lr_factor=0.0)

@@ -1,0 +1,26 @@
+"""One registry per extension point (detectron2 style), built on mmengine's Registry.
+
+Objectives and pretraining datasets are looked up by the ``type`` of their config dict, so a new
+method drops in by registering a class — the trainer never names one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmengine.registry import Registry
+
+OBJECTIVES = Registry("objective")
+DATASETS = Registry("pretrain dataset")
+
+
+def build_from(registry: Registry, cfg: dict[str, Any], what: str, **extra: Any) -> Any:
+    """Build ``cfg['type']`` from ``registry`` with an error that lists what is registered."""
+    if "type" not in cfg:
+        raise KeyError(f"the {what} config has no 'type' key; choose one of {sorted(registry.module_dict)}")
+    name = cfg["type"]
+    if registry.get(name) is None:
+        raise KeyError(f"unknown {what} '{name}'; registered: {sorted(registry.module_dict)}")
+    args = {k: v for k, v in cfg.items() if k != "type"}
+    args.update(extra)
+    return registry.get(name)(**args)

@@ -134,4 +134,4 @@ def test_corrupt_checkpoint_on_resume(capsys, tmp_path):
     code, err = _cli(capsys, "pretrain", str(DEMO_CONFIG), "--work-dir", str(tmp_path), "--resume",
                      "--cfg-options", *cli_options(TINY))
     assert code == 2 and "iter_0000003.pth cannot be read" in err
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp-*"))

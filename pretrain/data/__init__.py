@@ -2,8 +2,10 @@
 
 from .datasets import SyntheticFrames, sample_seed
 from .frames import ImageFolderViews
+from .pairs import CityscapesSequencePairs, FrameFolderPairs, SyntheticPairs, VideoPairs
 from .synthetic import CLASSES, MovingShapesVideo, write_cityscapes_layout
 
 __all__ = [
-    "CLASSES", "ImageFolderViews", "MovingShapesVideo", "SyntheticFrames", "sample_seed", "write_cityscapes_layout",
+    "CLASSES", "CityscapesSequencePairs", "FrameFolderPairs", "ImageFolderViews", "MovingShapesVideo",
+    "SyntheticFrames", "SyntheticPairs", "VideoPairs", "sample_seed", "write_cityscapes_layout",
 ]

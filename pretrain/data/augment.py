@@ -9,12 +9,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def photometric(blur_p: float, solarize_p: float, size: tuple[int, int]) -> v2.Compose:
-    """Colour distortion and blur with SimCLR's parameters (strength 1.0; blur kernel ≈ 10% of the
-    image side, σ ∈ [0.1, 2]). BYOL's two views differ only in blur/solarize probabilities."""
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def photometric(blur_p: float, solarize_p: float, size: tuple[int, int],
+                jitter: tuple[float, float, float, float] = BYOL_JITTER) -> v2.Compose:
+    """Colour jitter (p 0.8), greyscale (p 0.2), Gaussian blur (kernel ≈ 10% of the image side,
+    σ ∈ [0.1, 2]) and solarisation, as SimCLR/BYOL. BYOL's two views differ only in blur/solarize
+    probabilities; SimCLR uses jitter (0.8, 0.8, 0.8, 0.2) and blur p 0.5."""
     k = max(3, int(0.1 * min(size)) // 2 * 2 + 1)
     return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8),
         v2.RandomGrayscale(p=0.2),
         v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur_p),
         v2.RandomApply([v2.RandomSolarize(0.5)], p=solarize_p) if solarize_p else v2.Identity(),

@@ -2,5 +2,6 @@
 
 from .base import BootstrapObjective
 from .byol import BYOL
+from .flowe import FlowE
 
-__all__ = ["BYOL", "BootstrapObjective"]
+__all__ = ["BYOL", "BootstrapObjective", "FlowE"]

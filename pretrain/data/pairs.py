@@ -1,0 +1,267 @@
+"""Frame pairs for FlowE: synthetic video, frame folders, Cityscapes sequences, BDD100K videos.
+
+Every dataset yields the same sample: two views rendered with random affines from a pair of
+frames cropped at the same location, the affines, and (for data-side flow sources) the forward and
+backward flow of the cropped frames. The objective composes T from these (``geometry.view_flow``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..flow.sources import FlowPair, build_flow_source
+from ..geometry import random_affine, render_view
+from ..registry import DATASETS
+from .augment import normalize, photometric
+from .datasets import SeededDataset
+from .frames import BadDataError, BadFileCounter, list_images, read_rgb
+from .synthetic import MovingShapesVideo, video_seed
+
+log = logging.getLogger("flowssl")
+
+# SimCLR's colour distortion (strength 1): jitter (0.8, 0.8, 0.8, 0.2) w.p. 0.8, grey 0.2, blur 0.5.
+SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
+
+
+class FramePairs(SeededDataset):
+    """Base: subclasses implement :meth:`load_pair`; this class crops, computes flow, makes views."""
+
+    def __init__(self, seed: int = 0, crop_size: tuple[int, int] = (512, 1024),
+                 scale_range: tuple[float, float] = (0.75, 1.25), resize_to: tuple[int, int] | None = None,
+                 flow: dict[str, Any] | None = None, affine: dict[str, Any] | None = None,
+                 colour: bool = True, return_frames: bool = False, max_bad_fraction: float = 0.01) -> None:
+        super().__init__(seed)
+        self.crop_size = tuple(crop_size)
+        self.scale_range = tuple(scale_range)
+        self.resize_to = tuple(resize_to) if resize_to else None
+        self.flow_source = build_flow_source(flow)
+        if self.flow_source is not None and not self.flow_source.runs_in_data:
+            raise ValueError(f"flow source {flow} runs on the training device: put it under model.flow")
+        self.affine = {"scale": (0.5, 2.0), "rotation": 30.0, "translate": 0.0, **(affine or {})}
+        self.photometric = (photometric(blur_p=0.5, solarize_p=0.0, size=self.crop_size, jitter=SIMCLR_JITTER)
+                            if colour else None)
+        self.normalize = normalize()
+        self.return_frames = return_frames or self.flow_source is None
+        self.bad = BadFileCounter(max_bad_fraction)
+
+    # -- to implement ---------------------------------------------------------------------------
+    def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
+        """Two RGB frames [3,H,W] in [0,1] and info for the flow source; None if unreadable."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def _read_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        for _ in range(100):
+            pair = self.load_pair(rng)
+            if pair is not None:
+                return pair
+        raise BadDataError(f"{type(self).__name__}: 100 consecutive unreadable pairs; check the dataset")
+
+    def _scale_and_crop(self, rng: np.random.Generator, img1: torch.Tensor, img2: torch.Tensor,
+                        flow: FlowPair | None) -> tuple[torch.Tensor, torch.Tensor, FlowPair | None]:
+        """Resize (e.g. BDD100K → 1080×1920), random scale, then one crop location for both."""
+        h, w = img1.shape[-2:]
+        base = (self.resize_to[0] / h) if self.resize_to else 1.0
+        s = base * rng.uniform(*self.scale_range)
+        ch, cw = self.crop_size
+        nh, nw = max(ch, round(h * s)), max(cw, round(w * s))
+        sy, sx = nh / h, nw / w
+        frames = F.interpolate(torch.stack([img1, img2]), (nh, nw), mode="bilinear", align_corners=False,
+                               antialias=True)
+        y0, x0 = int(rng.integers(nh - ch + 1)), int(rng.integers(nw - cw + 1))
+        crop = (..., slice(y0, y0 + ch), slice(x0, x0 + cw))
+        if flow is not None:  # flow given at the original size: resample and rescale it
+            def tf(f: torch.Tensor) -> torch.Tensor:
+                f = F.interpolate(f[None], (nh, nw), mode="bilinear", align_corners=False)[0]
+                return (f * torch.tensor([sx, sy])[:, None, None])[crop]
+
+            def tv(v: torch.Tensor) -> torch.Tensor:
+                return F.interpolate(v[None, None].float(), (nh, nw), mode="nearest")[0, 0][crop] > 0.5
+
+            flow = FlowPair(tf(flow.fw[0]), tf(flow.bw[0]), tv(flow.valid_fw[0]), tv(flow.valid_bw[0]))
+        return frames[0][crop], frames[1][crop], flow
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        img1, img2, info = self._read_pair(rng)
+        flow = None
+        if self.flow_source is not None and self.flow_source.needs_full_frames:
+            flow = self.flow_source(img1[None], img2[None], info)
+        img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow)
+        if self.flow_source is not None and flow is None:
+            f = self.flow_source(img1[None], img2[None], info)
+            flow = FlowPair(f.fw[0], f.bw[0], f.valid_fw[0], f.valid_bw[0])
+        a1 = random_affine(rng, self.crop_size, **self.affine)
+        a2 = random_affine(rng, self.crop_size, **self.affine)
+        views = render_view(torch.stack([img1, img2]), torch.stack([a1, a2]))
+        out: dict[str, torch.Tensor] = {"affine1": a1, "affine2": a2}
+        for i, v in enumerate(views, 1):
+            if self.photometric is not None:
+                v = self.photometric(v)
+            out[f"view{i}"] = self.normalize(v)
+        if flow is not None:
+            out.update(flow_fw=flow.fw, flow_bw=flow.bw, valid_fw=flow.valid_fw, valid_bw=flow.valid_bw)
+        if self.return_frames:
+            out.update(frame1=img1, frame2=img2)
+        return out
+
+
+@DATASETS.register_module()
+class SyntheticPairs(FramePairs):
+    """Pairs of the embedded synthetic video; ``flow=dict(type='ground_truth')`` gives exact flow."""
+
+    def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, frame_gap: int = 2,
+                 height: int = 128, width: int = 256, video: dict | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("crop_size", (height, width))
+        kwargs.setdefault("scale_range", (1.0, 1.0))
+        super().__init__(seed, **kwargs)
+        self.num_videos, self.num_frames, self.frame_gap = num_videos, num_frames, frame_gap
+        self.height, self.width, self.video_kwargs = height, width, dict(video or {})
+
+    @lru_cache(maxsize=256)  # noqa: B019
+    def video(self, index: int) -> MovingShapesVideo:
+        return MovingShapesVideo(video_seed(self.seed, "pretrain", index), self.height, self.width,
+                                 **self.video_kwargs)
+
+    def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        v = self.video(int(rng.integers(self.num_videos)))
+        t = int(rng.integers(self.num_frames))
+        info = {"videos": [v], "times": [(t, t + self.frame_gap)], "keys": [f"{v.seed}_{t}"]}
+        return v.render(t)["image"], v.render(t + self.frame_gap)["image"], info
+
+
+class _GroupedFrames(FramePairs):
+    """Pairs (i, i + interval) inside groups of sorted frames (one group per sequence)."""
+
+    def __init__(self, groups: dict[str, list[Path]], interval: int, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(seed, **kwargs)
+        self.interval = interval
+        self.pairs = [(g[i], g[i + interval]) for g in groups.values() for i in range(len(g) - interval)]
+        if not self.pairs:
+            raise FileNotFoundError(f"{type(self).__name__}: no sequence has two frames {interval} apart")
+
+    def pair_key(self, a: Path, b: Path) -> str:
+        return f"{a.parent.name}/{a.stem}__{b.stem}"
+
+    def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
+        a, b = self.pairs[int(rng.integers(len(self.pairs)))]
+        img1, img2 = read_rgb(a), read_rgb(b)
+        for path, img in ((a, img1), (b, img2)):
+            self.bad.record(path, img is not None)
+        if img1 is None or img2 is None:
+            return None
+        if img1.shape != img2.shape:
+            self.bad.record(b, False)
+            return None
+        return img1, img2, {"keys": [self.pair_key(a, b)]}
+
+
+@DATASETS.register_module()
+class FrameFolderPairs(_GroupedFrames):
+    """``root/<sequence>/<frames>`` sorted by name; pairs ``interval`` frames apart (UrbanCity: 10 fps,
+    0.4 s → interval 4)."""
+
+    def __init__(self, root: str, interval: int = 4, seed: int = 0, **kwargs: Any) -> None:
+        groups: dict[str, list[Path]] = defaultdict(list)
+        for f in list_images(root):
+            groups[str(f.parent)].append(f)
+        super().__init__(groups, interval, seed, **kwargs)
+
+
+CITYSCAPES_SEQ = re.compile(r"^(?P<city>[a-z_]+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
+
+
+@DATASETS.register_module()
+class CityscapesSequencePairs(_GroupedFrames):
+    """``leftImg8bit_sequence/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png`` snippets
+    (30 frames at 17 Hz); pairs ``interval`` frames apart inside a snippet (default 8 ≈ 0.5 s)."""
+
+    def __init__(self, root: str, split: str = "train", interval: int = 8, seed: int = 0, **kwargs: Any) -> None:
+        base = Path(root) / "leftImg8bit_sequence" / split
+        groups: dict[str, list[Path]] = defaultdict(list)
+        for f in list_images(base):
+            m = CITYSCAPES_SEQ.match(f.name)
+            if m:
+                groups[f"{m['city']}_{m['seq']}"].append(f)
+        for g in groups.values():
+            g.sort(key=lambda p: int(CITYSCAPES_SEQ.match(p.name)["frame"]))
+        super().__init__(_split_at_gaps(groups), interval, seed, **kwargs)
+
+
+def _split_at_gaps(groups: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Split each sequence into runs of consecutive frame numbers (the 30-frame snippets)."""
+    out: dict[str, list[Path]] = {}
+    for key, files in groups.items():
+        run: list[Path] = []
+        prev = None
+        for f in files:
+            n = int(CITYSCAPES_SEQ.match(f.name)["frame"])
+            if prev is not None and n != prev + 1:
+                out[f"{key}_{len(out)}"] = run
+                run = []
+            run.append(f)
+            prev = n
+        out[f"{key}_{len(out)}"] = run
+    return out
+
+
+VIDEO_SUFFIXES = (".mov", ".mp4", ".avi", ".mkv")
+
+
+@DATASETS.register_module()
+class VideoPairs(FramePairs):
+    """Random frame pairs ``interval_s`` apart from video files (BDD100K: .mov, 30 fps, 0.5 s; frames
+    are upsampled to 1080×1920 as in FlowE §4.2 via ``resize_to``). Decoded with OpenCV (FFmpeg)."""
+
+    def __init__(self, root: str, interval_s: float = 0.5, seed: int = 0,
+                 resize_to: tuple[int, int] | None = (1080, 1920), **kwargs: Any) -> None:
+        super().__init__(seed, resize_to=resize_to, **kwargs)
+        root_p = Path(root)
+        if not root_p.is_dir():
+            raise FileNotFoundError(f"video folder {root_p} does not exist; set data.root")
+        self.videos = sorted(p for p in root_p.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not self.videos:
+            raise FileNotFoundError(f"video folder {root_p} holds no {'/'.join(VIDEO_SUFFIXES)} files")
+        self.interval_s = interval_s
+
+    def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
+        path = self.videos[int(rng.integers(len(self.videos)))]
+        frames = read_video_pair(path, rng, self.interval_s)
+        self.bad.record(path, frames is not None)
+        if frames is None:
+            return None
+        return frames[0], frames[1], {"keys": [path.stem]}
+
+
+def read_video_pair(path: Path, rng: np.random.Generator,
+                    interval_s: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Two frames ``interval_s`` apart at a random time, or None if the video cannot be decoded."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            return None
+        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        gap = max(1, round(interval_s * fps))
+        if n <= gap:
+            return None
+        i = int(rng.integers(n - gap))
+        out = []
+        for idx in (i, i + gap):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                return None
+            out.append(torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255)
+        return out[0], out[1]
+    finally:
+        cap.release()

@@ -1,0 +1,222 @@
+"""Where flow comes from, behind one interface: ``source(img1, img2, info) -> FlowPair``.
+
+* ``dis`` — OpenCV's DIS optical flow: no weights, CPU, the offline default (runs in data workers);
+* ``raft`` — torchvision's RAFT (large/small), frozen, from a local checkpoint or torchvision's cache
+  (runs in the objective, on the training device, as Algorithm 1 does);
+* ``precomputed`` — a cache filled by ``flowssl flow precompute`` (16-bit PNGs, forward + backward);
+* ``ground_truth`` — the synthetic video's exact flow.
+
+Images are [B,3,H,W] RGB in [0,1]. Every source returns forward *and* backward flow so occlusion
+can be found by forward–backward consistency (or is given exactly, for ground truth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.registry import Registry
+from torch import nn
+
+from .io import read_flow_png
+from .warp import forward_backward_occlusion
+
+FLOW_SOURCES = Registry("flow source")
+
+
+@dataclass
+class FlowPair:
+    """Forward/backward flow [B,2,H,W] and where each is trustworthy [B,H,W] (not occluded)."""
+
+    fw: torch.Tensor
+    bw: torch.Tensor
+    valid_fw: torch.Tensor
+    valid_bw: torch.Tensor
+
+    @classmethod
+    def from_consistency(cls, fw: torch.Tensor, bw: torch.Tensor, alpha1: float = 0.01,
+                         alpha2: float = 0.5) -> FlowPair:
+        if not (torch.isfinite(fw).all() and torch.isfinite(bw).all()):
+            raise ValueError("the flow source returned NaN/Inf flow; check the input frames")
+        return cls(fw, bw, ~forward_backward_occlusion(fw, bw, alpha1, alpha2),
+                   ~forward_backward_occlusion(bw, fw, alpha1, alpha2))
+
+
+class FlowSource(nn.Module):
+    """Base class. ``runs_in_data`` sources are called in dataset workers, others in the model."""
+
+    runs_in_data = True
+    needs_full_frames = False  # True: flow is looked up for whole frames, then scaled and cropped with them
+
+    def __init__(self, alpha1: float = 0.01, alpha2: float = 0.5) -> None:
+        super().__init__()
+        self.alpha1, self.alpha2 = alpha1, alpha2
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        raise NotImplementedError
+
+
+@FLOW_SOURCES.register_module(name="dis")
+class DISFlow(FlowSource):
+    """OpenCV DIS (Kroeger et al. 2016) on grayscale frames, forward and backward."""
+
+    PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+    def __init__(self, preset: str = "medium", **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        if preset not in self.PRESETS:
+            raise KeyError(f"unknown DIS preset '{preset}'; choose one of {sorted(self.PRESETS)}")
+        self.preset = preset
+        self._dis: Any = None  # cv2 objects do not pickle: build lazily in each worker
+
+    def _gray(self, img: torch.Tensor) -> np.ndarray:
+        rgb = (img.permute(1, 2, 0).cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+    def flow(self, a: np.ndarray, b: np.ndarray) -> torch.Tensor:
+        if self._dis is None:
+            self._dis = cv2.DISOpticalFlow_create(self.PRESETS[self.preset])
+        return torch.from_numpy(self._dis.calc(a, b, None)).permute(2, 0, 1)
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        fws, bws = [], []
+        for a, b in zip(img1, img2, strict=True):
+            ga, gb = self._gray(a), self._gray(b)
+            fws.append(self.flow(ga, gb))
+            bws.append(self.flow(gb, ga))
+        return FlowPair.from_consistency(torch.stack(fws).to(img1.device), torch.stack(bws).to(img1.device),
+                                         self.alpha1, self.alpha2)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_dis"] = None
+        return state
+
+
+RAFT_WEIGHTS = {"large": "Raft_Large_Weights", "small": "Raft_Small_Weights"}
+
+
+@FLOW_SOURCES.register_module(name="raft")
+class RAFTFlow(FlowSource):
+    """torchvision RAFT, frozen and in eval mode (FlowE §3.3). Weights come from ``checkpoint`` (a
+    local file) or torchvision's cache; nothing is downloaded implicitly."""
+
+    runs_in_data = False
+
+    def __init__(self, size: str = "large", checkpoint: str | None = None, num_flow_updates: int = 12,
+                 **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        from torchvision.models import optical_flow
+
+        if size not in RAFT_WEIGHTS:
+            raise KeyError(f"unknown RAFT size '{size}'; choose 'large' or 'small'")
+        self.model = getattr(optical_flow, f"raft_{size}")(weights=None, progress=False)
+        self.model.load_state_dict(self._state_dict(size, checkpoint))
+        self.model.eval().requires_grad_(False)
+        self.num_flow_updates = num_flow_updates
+
+    @staticmethod
+    def _state_dict(size: str, checkpoint: str | None) -> dict[str, torch.Tensor]:
+        from torchvision.models import optical_flow
+
+        weights = getattr(optical_flow, RAFT_WEIGHTS[size]).DEFAULT
+        if checkpoint is None:
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+            if not cached.is_file():
+                raise FileNotFoundError(
+                    f"RAFT-{size} weights are not available offline: no checkpoint was given and "
+                    f"{cached} does not exist. Download {weights.url} on a machine with internet, then "
+                    f"pass flow.checkpoint=/path/to/{cached.name} (or copy it to {cached.parent}); "
+                    "or use flow=dict(type='dis'), which needs no weights.")
+            checkpoint = str(cached)
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"RAFT checkpoint {path} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"RAFT checkpoint {path} cannot be read ({exc}); is it a torchvision RAFT file?") from exc
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+
+    def train(self, mode: bool = True) -> RAFTFlow:  # frozen: never leave eval mode
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        h, w = img1.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
+        a = F.pad(torch.cat([img1, img2]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
+        b = F.pad(torch.cat([img2, img1]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
+        flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1][..., :h, :w].float()
+        fw, bw = flow.chunk(2)
+        return FlowPair.from_consistency(fw, bw, self.alpha1, self.alpha2)
+
+
+@FLOW_SOURCES.register_module(name="precomputed")
+class PrecomputedFlow(FlowSource):
+    """Reads ``{root}/{key}_fw.png`` / ``_bw.png`` written by ``flowssl flow precompute``."""
+
+    needs_full_frames = True
+
+    def __init__(self, root: str, **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        meta = self.root / "flow_cache.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta} does not exist: fill the cache with 'flowssl flow precompute' first")
+        self.scale = float(json.loads(meta.read_text())["scale"])
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        if not info or "keys" not in info:
+            raise ValueError("precomputed flow needs the pair keys of the batch (info['keys'])")
+        fws, bws = [], []
+        for key in info["keys"]:
+            fws.append(read_flow_png(self.root / f"{key}_fw.png", self.scale)[0])
+            bws.append(read_flow_png(self.root / f"{key}_bw.png", self.scale)[0])
+        return FlowPair.from_consistency(torch.stack(fws).to(img1.device), torch.stack(bws).to(img1.device),
+                                         self.alpha1, self.alpha2)
+
+
+@FLOW_SOURCES.register_module(name="ground_truth")
+class GroundTruthFlow(FlowSource):
+    """The synthetic video's exact flow and occlusion; ``info`` carries the video and the two times."""
+
+    needs_full_frames = True
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        if not info or "videos" not in info:
+            raise ValueError("ground-truth flow exists only for the synthetic video (info['videos'], ['times'])")
+        out = [(v.flow(t1, t2), v.flow(t2, t1)) for v, (t1, t2) in zip(info["videos"], info["times"], strict=True)]
+        stack = lambda i, k: torch.stack([o[i][k] for o in out]).to(img1.device)  # noqa: E731
+        return FlowPair(stack(0, "flow"), stack(1, "flow"), stack(0, "valid"), stack(1, "valid"))
+
+
+@FLOW_SOURCES.register_module(name="identity")
+class IdentityFlow(FlowSource):
+    """Zero flow everywhere: the "FlowE without flow" ablation (video + identity, Table 4)."""
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
+        b, _, h, w = img1.shape
+        zero = img1.new_zeros(b, 2, h, w)
+        ones = torch.ones(b, h, w, dtype=torch.bool, device=img1.device)
+        return FlowPair(zero, zero.clone(), ones, ones.clone())
+
+
+def build_flow_source(cfg: dict[str, Any] | None) -> FlowSource | None:
+    if cfg is None:
+        return None
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if FLOW_SOURCES.get(kind) is None:
+        raise KeyError(f"unknown flow source '{kind}'; choose one of {sorted(FLOW_SOURCES.module_dict)}")
+    return FLOW_SOURCES.get(kind)(**cfg)

@@ -1,0 +1,93 @@
+"""The FlowE objective: eq. 5, equivariance, the two loss resolutions, and a short run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pretrain.api import Trainer, load_config
+from pretrain.data.synthetic import MovingShapesVideo
+from pretrain.geometry import random_affine, render_view
+from pretrain.losses import flowe_loss
+from pretrain.objectives.flowe import FlowE, equivariance_loss
+
+from .conftest import REPO
+
+FLOWE_DEMO = REPO / "configs" / "pretrain" / "flowe_r14_synthetic_demo.py"
+
+
+def test_flowe_loss_is_eq5_on_hand_made_features():
+    p = torch.zeros(1, 2, 1, 3)
+    z = torch.zeros(1, 2, 1, 3)
+    p[0, :, 0, 0], z[0, :, 0, 0] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 5.0])   # ⟂ → 2
+    p[0, :, 0, 1], z[0, :, 0, 1] = torch.tensor([2.0, 2.0]), torch.tensor([1.0, 1.0])   # ∥ → 0
+    p[0, :, 0, 2], z[0, :, 0, 2] = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 0.0])  # opposite → 4
+    all_valid = torch.ones(1, 1, 3, dtype=torch.bool)
+    assert torch.isclose(flowe_loss(p, z, all_valid), torch.tensor(2.0))
+    assert torch.isclose(flowe_loss(p, z, torch.tensor([[[True, True, False]]])), torch.tensor(1.0))
+    p.requires_grad_(True)
+    z.requires_grad_(True)
+    flowe_loss(p, z, all_valid).backward()
+    assert z.grad is None and p.grad is not None
+
+
+def _pair(seed: int = 0, size=(64, 128)):
+    video = MovingShapesVideo(seed, *size, num_objects=4, object_speed=2.0)
+    rng = np.random.default_rng(seed)
+    a1, a2 = random_affine(rng, size)[None], random_affine(rng, size)[None]
+    v1 = render_view(video.render(0)["image"][None], a1)
+    v2 = render_view(video.render(1)["image"][None], a2)
+    gt = video.flow(0, 1)
+    return v1, v2, a1, a2, gt["flow"][None], gt["valid"][None]
+
+
+def test_equivariant_identity_network_has_near_zero_loss():
+    """If the "network" is the identity on pixels (equivariant by construction), p₁ and warped z₂
+    coincide: the loss vanishes with the right T and not with a wrong one."""
+    v1, v2, a1, a2, flow, valid = _pair()
+    lift = lambda v: torch.cat([v, torch.ones_like(v[:, :1])], 1)  # noqa: E731 - avoid 0-vectors in normalisation
+    loss, frac = equivariance_loss(lift(v1), lift(v2), a1, a2, flow, valid, (64, 128), "image")
+    wrong, _ = equivariance_loss(lift(v1), lift(v2), a1, a1, flow * 0, valid, (64, 128), "image")
+    assert frac > 0.2 and loss < 0.01 and wrong > 10 * loss, (loss, wrong)
+
+
+def test_image_and_feature_resolution_losses_agree_on_smooth_inputs():
+    torch.manual_seed(0)
+    v1, v2, a1, a2, flow, valid = _pair(3)
+    cam = MovingShapesVideo(5, 64, 128, num_objects=0, camera_speed=2.0, zoom_rate=0.02).flow(0, 1)
+    flow, valid = cam["flow"][None], cam["valid"][None]
+    # smooth feature maps at stride 8: bilinear upsampling of a coarse random field
+    p = F.interpolate(torch.randn(1, 16, 3, 5), size=(8, 16), mode="bilinear", align_corners=False)
+    z = F.interpolate(torch.randn(1, 16, 3, 5), size=(8, 16), mode="bilinear", align_corners=False)
+    img, _ = equivariance_loss(p, z, a1, a2, flow, valid, (64, 128), "image")
+    feat, _ = equivariance_loss(p, z, a1, a2, flow, valid, (64, 128), "feature")
+    assert abs(img - feat) / img < 0.1, (img, feat)
+
+
+def test_gradients_reach_only_the_online_branch():
+    torch.manual_seed(0)
+    model = FlowE({"arch": "resnet14"}, projector={"hidden_channels": 32, "out_channels": 16},
+                  predictor={"hidden_channels": 32}).train()
+    v1, v2, a1, a2, flow, valid = _pair()
+    batch = {"view1": v1.repeat(2, 1, 1, 1), "view2": v2.repeat(2, 1, 1, 1), "affine1": a1.repeat(2, 1, 1),
+             "affine2": a2.repeat(2, 1, 1), "flow_fw": flow.repeat(2, 1, 1, 1), "flow_bw": flow.repeat(2, 1, 1, 1),
+             "valid_fw": valid.repeat(2, 1, 1), "valid_bw": valid.repeat(2, 1, 1)}
+    out = model(batch)
+    out["loss"].backward()
+    assert 0 < out["valid_fraction"] <= 1
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == name.startswith("target_"), name
+    assert not any(k.startswith("_flow") for k in model.state_dict())
+
+
+def test_short_flowe_run_lowers_the_loss(tmp_path):
+    opts = {"max_iters": 30, "checkpoint_interval": 30, "batch_size": 4, "num_workers": 0, "device": "cpu",
+            "quiet": True, "log_interval": 1, "model.projector.hidden_channels": 64,
+            "model.predictor.hidden_channels": 64}
+    Trainer(load_config(FLOWE_DEMO, opts), tmp_path).train()
+    losses = [json.loads(r)["loss"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert last < 0.7 * first, (first, last)

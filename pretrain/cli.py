@@ -13,7 +13,8 @@ from .config import ConfigError
 from .fileio import CheckpointError
 
 # What a user can fix gets one line on stderr and exit code 2, not a traceback.
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError)
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
+               ValueError)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -40,13 +41,84 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline CPU demo: synthetic video → pretraining (a few minutes)")
     p.add_argument("--work-dir", default="work_dirs/demo")
     p.add_argument("--iters", type=int, default=None, help="pretraining iterations (default: the config's)")
+    p.add_argument("--method", default="flowe", help="objective to pretrain: flowe (default) or byol")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.work_dir), iters=args.iters)
+    run_demo(Path(args.work_dir), iters=args.iters, method=args.method)
+    return 0
+
+
+def _add_flow(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("flow", help="optical flow tools")
+    fsub = p.add_subparsers(dest="flow_command", required=True)
+    pre = fsub.add_parser("precompute", help="fill a flow cache for a config's frame-pair dataset (resumable)")
+    pre.add_argument("config", help="pretrain config whose data is a frame-pair dataset")
+    pre.add_argument("--out", required=True,
+                     help="cache folder (then set data.flow=dict(type='precomputed', root=...))")
+    pre.add_argument("--source", default="dis", help="flow source: dis (default) or raft")
+    pre.add_argument("--checkpoint", help="RAFT weights (local file)")
+    pre.add_argument("--scale", type=float, default=64.0, help="fixed-point scale: 1/scale px precision")
+    pre.add_argument("--device", default="cpu")
+    pre.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
+    pre.set_defaults(func=cmd_flow_precompute)
+    show = fsub.add_parser("show", help="PNGs of flow, occlusion and warped-frame error for a frame pair")
+    show.add_argument("frame1")
+    show.add_argument("frame2")
+    show.add_argument("--out", required=True)
+    show.add_argument("--source", default="dis")
+    show.add_argument("--checkpoint")
+    show.set_defaults(func=cmd_flow_show)
+
+
+def _source_cfg(args: argparse.Namespace) -> dict:
+    cfg = {"type": args.source}
+    if args.checkpoint:
+        cfg["checkpoint"] = args.checkpoint
+    return cfg
+
+
+def cmd_flow_precompute(args: argparse.Namespace) -> int:
+    from .api import load_config
+    from .flow.sources import build_flow_source
+    from .flow.tools import precompute_cache
+    from .registry import DATASETS, build_from
+
+    cfg = load_config(args.config, args.cfg_options)
+    data = dict(cfg.data)
+    data["flow"] = None
+    dataset = build_from(DATASETS, data, "dataset", seed=cfg.get("seed", 0))
+    if not hasattr(dataset, "pairs"):
+        raise ConfigError(f"data type '{data['type']}' has no fixed list of frame pairs to precompute "
+                          "(use FrameFolderPairs or CityscapesSequencePairs)")
+    keys = [dataset.pair_key(a, b) for a, b in dataset.pairs]
+    counts = precompute_cache(dataset.pairs, keys, Path(args.out), build_flow_source(_source_cfg(args)),
+                              args.scale, args.device)
+    print(f"flow cache {args.out}: {counts['done']} computed, {counts['skipped']} already there, "
+          f"{counts['unreadable']} unreadable")
+    return 0
+
+
+def cmd_flow_show(args: argparse.Namespace) -> int:
+    from .data.frames import read_rgb
+    from .flow.sources import build_flow_source
+    from .flow.tools import show_pair
+
+    imgs = []
+    for f in (args.frame1, args.frame2):
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"frame {f} does not exist")
+        img = read_rgb(Path(f))
+        if img is None:
+            raise ValueError(f"frame {f} cannot be decoded (corrupt or not an image)")
+        imgs.append(img)
+    if imgs[0].shape != imgs[1].shape:
+        raise ValueError(f"frames differ in size: {tuple(imgs[0].shape)} vs {tuple(imgs[1].shape)}")
+    paths = show_pair(imgs[0], imgs[1], build_flow_source(_source_cfg(args)), Path(args.out))
+    print("\n".join(str(p) for p in paths))
     return 0
 
 
@@ -55,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_demo(sub)
+    _add_flow(sub)
     return parser
 
 

@@ -9,10 +9,15 @@ from .api import Trainer, load_config
 from .config import CONFIG_DIR
 from .data.synthetic import write_cityscapes_layout
 
-DEMO_CONFIG = CONFIG_DIR / "pretrain" / "byol_r14_synthetic_demo.py"
+DEMO_CONFIGS = {
+    "flowe": CONFIG_DIR / "pretrain" / "flowe_r14_synthetic_demo.py",
+    "byol": CONFIG_DIR / "pretrain" / "byol_r14_synthetic_demo.py",
+}
 
 
-def run_demo(work_dir: Path, iters: int | None = None) -> Path:
+def run_demo(work_dir: Path, iters: int | None = None, method: str = "flowe") -> Path:
+    if method not in DEMO_CONFIGS:
+        raise KeyError(f"unknown demo method '{method}'; choose one of {sorted(DEMO_CONFIGS)}")
     data_root = work_dir / "data" / "synthetic_cityscapes"
     if not data_root.exists():
         print(f"[1/2] writing the synthetic video as a Cityscapes-layout dataset to {data_root}")
@@ -20,9 +25,9 @@ def run_demo(work_dir: Path, iters: int | None = None) -> Path:
     else:
         print(f"[1/2] synthetic dataset already at {data_root}")
     options = {"max_iters": iters} if iters else {}
-    cfg = load_config(DEMO_CONFIG, options)
-    run_dir = work_dir / "byol"
-    print(f"[2/2] pretraining BYOL ({cfg.model.encoder.arch}, {cfg.max_iters} iterations) in {run_dir}")
+    cfg = load_config(DEMO_CONFIGS[method], options)
+    run_dir = work_dir / method
+    print(f"[2/2] pretraining {method} ({cfg.model.encoder.arch}, {cfg.max_iters} iterations) in {run_dir}")
     ckpt = Trainer(cfg, run_dir, resume=True).train()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if rows:

@@ -135,3 +135,11 @@ def test_corrupt_checkpoint_on_resume(capsys, tmp_path):
                      "--cfg-options", *cli_options(TINY))
     assert code == 2 and "iter_0000003.pth cannot be read" in err
     assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_demo_end_to_end_short(tmp_path, capsys):
+    assert main(["demo", "--work-dir", str(tmp_path), "--iters", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "checkpoint:" in out and (tmp_path / "flowe" / "iter_0000003.pth").is_file()
+    assert load_checkpoint(tmp_path / "flowe" / "iter_0000003.pth")["meta"]["method"] == "flowe"
+    assert len(list((tmp_path / "data" / "synthetic_cityscapes" / "gtFine").rglob("*_labelTrainIds.png"))) == 40

@@ -1,0 +1,18 @@
+_base_ = ["./default_runtime.py"]
+
+# FlowE model (§3.2-3.3): ResNet-50 at output stride 8, BYOL-sized 1×1-conv heads, frozen RAFT.
+model = dict(
+    type="flowe",
+    encoder=dict(arch="resnet50", output_stride=8),
+    projector=dict(hidden_channels=4096, out_channels=256),
+    predictor=dict(hidden_channels=4096),
+    base_momentum=0.996,          # BYOL's EMA schedule (τ_base → 1, cosine)
+    loss_resolution="image",      # Algorithm 1; "feature" is the memory-lean equivalent
+    symmetric=False,              # Algorithm 1 / eq. 5 is one-directional
+    flow=dict(type="raft", size="large", checkpoint=None),  # set checkpoint= a local RAFT file offline
+)
+# §4.2: 64 GPUs × 2 pairs = 128, LARS lr 0.1, wd 1e-6, cosine decay without restarts.
+batch_size = 2
+optimizer = dict(type="LARS", lr=0.1, weight_decay=1e-6, momentum=0.9)
+sync_bn = True
+checkpoint_interval = 5000

@@ -1,0 +1,86 @@
+"""``flowssl flow precompute`` and ``flowssl flow show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import torch
+from torchvision.utils import flow_to_image
+from tqdm import tqdm
+
+from ..data.frames import read_rgb
+from ..fileio import write_text_atomic
+from .io import KITTI_SCALE, write_flow_png
+from .sources import FlowSource
+from .warp import warp
+
+
+def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path, source: FlowSource,
+                     scale: float = KITTI_SCALE, device: str = "cpu") -> dict[str, int]:
+    """Fill ``out`` with ``{key}_fw.png``/``{key}_bw.png`` for every pair; pairs already done are
+    skipped, so an interrupted run resumes where it stopped. Returns counts."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = out / "flow_cache.json"
+    info = {"scale": scale, "source": type(source).__name__, "format": "16-bit PNG, (I - 2^15)/scale, valid=ch3"}
+    if meta.is_file() and json.loads(meta.read_text())["scale"] != scale:
+        raise ValueError(f"{out} was filled with another scale; use another --out or the same --scale")
+    write_text_atomic(json.dumps(info, indent=2), meta)
+    counts = {"done": 0, "skipped": 0, "unreadable": 0}
+    source = source.to(device)
+    for (a, b), key in tqdm(list(zip(pairs, keys, strict=True)), desc="flow precompute", dynamic_ncols=True):
+        fw_path, bw_path = out / f"{key}_fw.png", out / f"{key}_bw.png"
+        if fw_path.is_file() and bw_path.is_file():
+            counts["skipped"] += 1
+            continue
+        img1, img2 = read_rgb(a), read_rgb(b)
+        if img1 is None or img2 is None:
+            counts["unreadable"] += 1
+            tqdm.write(f"skipping unreadable pair {a} / {b}")
+            continue
+        pair = source(img1[None].to(device), img2[None].to(device), {"keys": [key]})
+        write_flow_png(fw_path, pair.fw[0].cpu(), scale=scale)
+        write_flow_png(bw_path, pair.bw[0].cpu(), scale=scale)
+        counts["done"] += 1
+    return counts
+
+
+def _save_rgb(path: Path, img: torch.Tensor) -> None:
+    """[3,H,W] float in [0,1] or uint8 → PNG."""
+    if img.dtype != torch.uint8:
+        img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    cv2.imwrite(str(path), img.permute(1, 2, 0).cpu().numpy()[:, :, ::-1])
+
+
+def show_pair(img1: torch.Tensor, img2: torch.Tensor, source: FlowSource, out: Path) -> list[Path]:
+    """PNGs a person checks flow with: the frames, forward/backward flow (Middlebury colours via
+    torchvision's ``flow_to_image``), the occlusion mask, the frame-2-warped-to-frame-1 image and its
+    error next to the unwarped error."""
+    out.mkdir(parents=True, exist_ok=True)
+    pair = source(img1[None], img2[None])
+    warped, inside = warp(img2[None], pair.fw)
+    valid = (pair.valid_fw & inside)[0]
+    err = (warped[0] - img1).abs().mean(0) * valid
+    raw = (img2 - img1).abs().mean(0)
+    scale = max(float(raw.max()), 1e-6)
+    files = {
+        "frame1.png": img1, "frame2.png": img2,
+        "flow_fw.png": flow_to_image(pair.fw[0]), "flow_bw.png": flow_to_image(pair.bw[0]),
+        "occlusion.png": (~valid).float().expand(3, -1, -1),
+        "warped2to1.png": warped[0],
+        "error_warped.png": (err / scale).expand(3, -1, -1), "error_unwarped.png": (raw / scale).expand(3, -1, -1),
+    }
+    paths = []
+    for name, img in files.items():
+        _save_rgb(out / name, img)
+        paths.append(out / name)
+    stats = {"valid_fraction": float(valid.float().mean()),
+             "mean_abs_error_warped": float(err[valid].mean()) if valid.any() else float("nan"),
+             "mean_abs_error_unwarped": float(raw[valid].mean()) if valid.any() else float("nan"),
+             "max_flow_px": float(pair.fw.norm(dim=1).max())}
+    write_text_atomic(json.dumps(stats, indent=2), out / "stats.json")
+    return [*paths, out / "stats.json"]
+
+
+__all__ = ["precompute_cache", "show_pair"]

@@ -1,0 +1,139 @@
+"""Frame-pair datasets, bad-file handling, and the flow cache / show commands."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pretrain.api import load_config
+from pretrain.cli import main
+from pretrain.data.frames import BadDataError
+from pretrain.data.pairs import CityscapesSequencePairs, FrameFolderPairs, SyntheticPairs, VideoPairs
+from pretrain.data.synthetic import MovingShapesVideo
+from pretrain.flow import warp
+from pretrain.geometry import view_flow
+from pretrain.registry import DATASETS, build_from
+
+from .conftest import REPO
+
+SMALL = {"crop_size": (48, 96), "scale_range": (0.9, 1.1), "colour": False}
+
+
+def _write_frames(folder, n=6, seed=0, size=(64, 128)):
+    folder.mkdir(parents=True, exist_ok=True)
+    video = MovingShapesVideo(seed, *size, object_speed=1.0)
+    for t in range(n):
+        img = (video.render(t)["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"frame_{t:04d}.png"), img[:, :, ::-1])
+    return video
+
+
+def test_synthetic_pair_views_are_related_by_the_composed_flow():
+    ds = SyntheticPairs(seed=1, num_videos=2, height=64, width=128, colour=False, flow={"type": "ground_truth"})
+    for i in range(3):
+        s = ds[i]
+        t, valid = view_flow(s["affine1"][None], s["affine2"][None], s["flow_fw"][None], s["valid_fw"][None],
+                             (64, 128))
+        aligned, inside = warp(s["view2"][None], t)
+        mask = valid & inside
+        err = (aligned - s["view1"][None]).abs().mean(1)[mask]
+        assert mask.float().mean() > 0.1 and err.quantile(0.9) < 0.1  # normalised units (÷ std ≈ 0.22)
+        assert torch.equal(ds[i]["view1"], s["view1"])  # a pure function of (seed, index)
+
+
+def test_frame_folder_pairs_with_dis_and_a_corrupt_frame(tmp_path, caplog):
+    _write_frames(tmp_path / "seqA")
+    _write_frames(tmp_path / "seqB", seed=1)
+    (tmp_path / "seqB" / "frame_0002.png").write_bytes(b"not a png")
+    ds = FrameFolderPairs(str(tmp_path), interval=2, flow={"type": "dis"}, max_bad_fraction=0.5, **SMALL)
+    assert len(ds.pairs) == 8 and all(a.parent == b.parent for a, b in ds.pairs)
+    samples = [ds[i] for i in range(30)]
+    assert all(s["view1"].shape == (3, 48, 96) and s["flow_fw"].shape == (2, 48, 96) for s in samples)
+    assert ds.bad.bad > 0 and "skipping unreadable file" in caplog.text and "frame_0002.png" in caplog.text
+
+
+def test_too_many_bad_frames_stop_the_run(tmp_path):
+    _write_frames(tmp_path / "seq", n=4)
+    for f in list((tmp_path / "seq").glob("*.png"))[:3]:
+        f.write_bytes(b"garbage")
+    ds = FrameFolderPairs(str(tmp_path), interval=1, flow={"type": "dis"}, max_bad_fraction=0.1, **SMALL)
+    with pytest.raises(BadDataError, match="unreadable"):
+        for i in range(50):
+            ds[i]
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; set data.root"):
+        FrameFolderPairs(str(tmp_path / "nope"), flow={"type": "dis"})
+
+
+def test_cityscapes_sequence_pairs_stay_inside_snippets(tmp_path):
+    base = tmp_path / "leftImg8bit_sequence" / "train" / "aachen"
+    base.mkdir(parents=True)
+    img = np.zeros((64, 128, 3), np.uint8)
+    for seq, frames in (("000000", range(0, 5)), ("000000", range(20, 25)), ("000001", range(0, 5))):
+        for f in frames:
+            cv2.imwrite(str(base / f"aachen_{seq}_{f:06d}_leftImg8bit.png"), img)
+    ds = CityscapesSequencePairs(str(tmp_path), interval=2, flow={"type": "identity"}, **SMALL)
+    assert len(ds.pairs) == 3 * 3
+    for a, b in ds.pairs:
+        fa, fb = int(a.name.split("_")[2]), int(b.name.split("_")[2])
+        assert fb - fa == 2 and a.name.split("_")[1] == b.name.split("_")[1]
+    assert ds[0]["view1"].shape == (3, 48, 96)
+
+
+def test_video_pairs_decode_frames_interval_apart(tmp_path):
+    video = MovingShapesVideo(3, 64, 128)
+    path = tmp_path / "videos" / "clip.mp4"
+    path.parent.mkdir()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (128, 64))
+    if not writer.isOpened():
+        pytest.skip("OpenCV has no mp4v encoder here")
+    for t in range(20):
+        writer.write((video.render(t)["image"].permute(1, 2, 0).numpy()[:, :, ::-1] * 255).astype(np.uint8))
+    writer.release()
+    (tmp_path / "videos" / "broken.mov").write_bytes(b"\x00" * 100)
+    ds = VideoPairs(str(tmp_path / "videos"), interval_s=0.5, resize_to=None, flow={"type": "dis"},
+                    max_bad_fraction=0.9, **SMALL)
+    s = [ds[i] for i in range(8)]
+    assert all(x["view1"].shape == (3, 48, 96) for x in s)
+    assert ds.bad.bad > 0  # the broken file was met, skipped and counted
+    from pretrain.data.pairs import read_video_pair
+
+    a, b = read_video_pair(path, np.random.default_rng(0), 0.5)
+    i0 = int(np.argmin([(video.render(t)["image"] - a).abs().mean() for t in range(20)]))
+    i1 = int(np.argmin([(video.render(t)["image"] - b).abs().mean() for t in range(20)]))
+    assert i1 - i0 == 5  # 0.5 s at 10 fps
+
+
+def test_flow_precompute_is_resumable_and_feeds_the_precomputed_source(tmp_path, capsys):
+    _write_frames(tmp_path / "frames" / "seq", n=4)
+    cfg = REPO / "configs" / "pretrain" / "flowe_r50_frames.py"
+    opts = ["data.root=" + str(tmp_path / "frames"), "data.interval=1"]
+    assert main(["flow", "precompute", str(cfg), "--out", str(tmp_path / "cache"), "--cfg-options", *opts]) == 0
+    assert "3 computed, 0 already there" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").rglob("*_fw.png"))) == 3
+    assert main(["flow", "precompute", str(cfg), "--out", str(tmp_path / "cache"), "--cfg-options", *opts]) == 0
+    assert "0 computed, 3 already there" in capsys.readouterr().out
+    data = dict(load_config(cfg, {"data.root": str(tmp_path / "frames"), "data.interval": 1}).data)
+    data.update(flow={"type": "precomputed", "root": str(tmp_path / "cache")}, **SMALL)
+    ds = build_from(DATASETS, data, "dataset", seed=0)
+    s = ds[0]
+    assert s["flow_fw"].shape == (2, 48, 96) and "frame1" not in s
+
+
+def test_flow_show_writes_pictures(tmp_path, capsys):
+    _write_frames(tmp_path / "f", n=3)
+    assert main(["flow", "show", str(tmp_path / "f" / "frame_0000.png"), str(tmp_path / "f" / "frame_0002.png"),
+                 "--out", str(tmp_path / "show")]) == 0
+    stats = json.loads((tmp_path / "show" / "stats.json").read_text())
+    assert stats["mean_abs_error_warped"] < stats["mean_abs_error_unwarped"]
+    for name in ("flow_fw.png", "occlusion.png", "error_warped.png"):
+        assert cv2.imread(str(tmp_path / "show" / name)).shape == (64, 128, 3)
+    assert main(["flow", "show", str(tmp_path / "nope.png"), str(tmp_path / "f" / "frame_0000.png"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "nope.png does not exist" in capsys.readouterr().err

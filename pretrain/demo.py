@@ -9,10 +9,11 @@ from .api import Trainer, load_config
 from .config import CONFIG_DIR
 from .data.synthetic import write_cityscapes_layout
 
-DEMO_CONFIGS = {
-    "flowe": CONFIG_DIR / "pretrain" / "flowe_r14_synthetic_demo.py",
-    "byol": CONFIG_DIR / "pretrain" / "byol_r14_synthetic_demo.py",
-}
+_SUFFIX = "_r14_synthetic_demo.py"
+# every method with a synthetic demo config; ImageNet weights cannot be made offline, so that entry
+# point uses the R50 config and says how to get the weights.
+DEMO_CONFIGS = {p.name.removesuffix(_SUFFIX): p for p in sorted((CONFIG_DIR / "pretrain").glob(f"*{_SUFFIX}"))}
+DEMO_CONFIGS["imagenet_supervised"] = CONFIG_DIR / "pretrain" / "imagenet_supervised_r50.py"
 
 
 def run_demo(work_dir: Path, iters: int | None = None, method: str = "flowe") -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,3 +28,99 @@ def flowe_loss(p1: torch.Tensor, p2: torch.Tensor, valid: torch.Tensor) -> torch
     d = normalized_squared_distance(p1, p2.detach(), dim=1)
     w = valid.to(d.dtype)
     return (d * w).sum() / w.sum().clamp(min=1)
+
+
+# -- cross-pixel flow similarity (Mahendran et al. 2018, §3–4) -------------------------------------
+
+def normalize_flow_log(flow: torch.Tensor, max_flow: float = 56.0) -> torch.Tensor:
+    """Eq. 6: sign(f)·min(1, log(|f| + 1)/log(M + 1)) per component, so large flows do not dominate."""
+    return flow.sign() * torch.clamp(torch.log1p(flow.abs()) / math.log1p(max_flow), max=1.0)
+
+
+def _diagonal_reduced_log_softmax(kernel: torch.Tensor) -> torch.Tensor:
+    """Column-wise log-softmax of a [B,N,N] kernel with the diagonal logit lowered by 1 — eq. 4–5:
+    exp(K_f(p,p)) = e¹ becomes 1 = e⁰, exp(K_φ(p,p)) = e^{1/4} becomes e^{−3/4}."""
+    eye = torch.eye(kernel.shape[-1], dtype=kernel.dtype, device=kernel.device)
+    return torch.log_softmax(kernel - eye, dim=-2)
+
+
+def cross_pixel_similarity_loss(embeddings: torch.Tensor, flow: torch.Tensor, sigma2: torch.Tensor,
+                                reduction: str = "mean") -> torch.Tensor:
+    """Eq. 2–5: L = −Σ_q Σ_p S_f(p,q) log S_φ(p,q) per image.
+
+    ``embeddings`` [B,N,D] at N sampled pixels, ``flow`` [B,N,2] (normalised by eq. 6) at the same
+    pixels, ``sigma2`` the RBF bandwidth σ² (learned). K_φ = ¼·cos(φ_p, φ_q); K_f = exp(−‖f_p − f_q‖²/2σ²).
+    ``reduction='sum'`` is eq. 3 summed over the batch; ``'mean'`` divides by B·N (one column each).
+    """
+    phi = F.normalize(embeddings, dim=-1)
+    k_phi = 0.25 * phi @ phi.transpose(1, 2)
+    k_f = torch.exp(-torch.cdist(flow, flow).pow(2) / (2 * sigma2))
+    s_f = _diagonal_reduced_log_softmax(k_f).exp()
+    loss = -(s_f * _diagonal_reduced_log_softmax(k_phi)).sum()
+    if reduction == "sum":
+        return loss
+    return loss / (embeddings.shape[0] * embeddings.shape[1])
+
+
+def flow_bin_classification_loss(logits: torch.Tensor, flow: torch.Tensor, bins: int = 16) -> torch.Tensor:
+    """The cross-pixel paper's "direct regression" baseline: normalised flow in [−1, 1] split into
+    ``bins`` uniform classes per axis; softmax cross-entropy for x and for y. ``logits`` [B,2·bins,N],
+    ``flow`` [B,N,2]."""
+    target = ((flow.clamp(-1, 1) + 1) / 2 * bins).long().clamp(max=bins - 1)  # [B,N,2]
+    lx, ly = logits[:, :bins], logits[:, bins:]
+    return F.cross_entropy(lx, target[..., 0]) + F.cross_entropy(ly, target[..., 1])
+
+
+# -- S3-CNN grouping losses (Mahendran et al. 2018) ------------------------------------------------
+
+def _affine_design(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[H·W, 3] rows (x, y, 1) with x, y scaled to [−1, 1] for a well-conditioned fit."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height, device=device, dtype=dtype),
+                            torch.linspace(-1, 1, width, device=device, dtype=dtype), indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones_like(xs).reshape(-1)], 1)
+
+
+def affine_motion_loss(masks: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None = None,
+                       ridge: float = 1e-4, eps: float = 1e-3) -> torch.Tensor:
+    """S3-CNN affine motion loss: fit one affine motion per soft region by weighted least squares
+    (differentiable closed form), recombine the fits with the masks, and take a robust
+    (Charbonnier) residual against the flow.
+
+    ``masks`` [B,L,H,W] soft segmentation (summing to 1 over L), ``flow`` [B,2,H,W] in pixels at the
+    same resolution, ``valid`` [B,H,W] where the flow is trusted.
+    """
+    b, n_regions, h, w = masks.shape
+    x = _affine_design(h, w, masks.device, masks.dtype)                 # [P,3]
+    m = masks.flatten(2)                                                # [B,L,P]
+    v = torch.ones(b, h * w, device=masks.device, dtype=masks.dtype) if valid is None else valid.flatten(1).to(m)
+    wm = m * v[:, None]                                                 # weights of trusted pixels
+    f = flow.flatten(2).transpose(1, 2)                                 # [B,P,2]
+    xtwx = torch.einsum("blp,pi,pj->blij", wm, x, x) + ridge * torch.eye(3, device=x.device, dtype=x.dtype)
+    xtwf = torch.einsum("blp,pi,bpk->blik", wm, x, f)
+    a = torch.linalg.solve(xtwx, xtwf)                                  # [B,L,3,2] per-region affine
+    recon = torch.einsum("blp,pi,blik->bpk", m, x, a)                   # Σ_l m_l(u)·A_l x_u
+    residual = torch.sqrt((recon - f).pow(2).sum(-1) + eps**2) - eps
+    return (residual * v).sum() / v.sum().clamp(min=1)
+
+
+def histogram_entropy_loss(masks: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None = None,
+                           bins: int = 16, max_magnitude: float | None = None) -> torch.Tensor:
+    """S3-CNN low-entropy motion loss: a soft (Gaussian-binned) histogram of flow magnitude per soft
+    region; the loss is the regions' entropy weighted by their mass, so regions that straddle
+    differently moving things (a spread-out histogram) cost more."""
+    b, n_regions, h, w = masks.shape
+    mag = flow.norm(dim=1).flatten(1)                                   # [B,P]
+    top = max_magnitude or float(mag.max().detach().clamp(min=1e-6))
+    centres = torch.linspace(0, top, bins, device=flow.device, dtype=flow.dtype)
+    width = top / (bins - 1)
+    soft = torch.exp(-0.5 * ((mag[..., None] - centres) / width) ** 2)  # [B,P,K]
+    soft = soft / soft.sum(-1, keepdim=True)
+    m = masks.flatten(2)
+    if valid is not None:
+        m = m * valid.flatten(1)[:, None].to(m)
+    hist = torch.einsum("blp,bpk->blk", m, soft)
+    mass = hist.sum(-1, keepdim=True)
+    p = hist / mass.clamp(min=1e-8)
+    entropy = -(p * torch.log(p.clamp(min=1e-8))).sum(-1)               # [B,L]
+    weight = mass[..., 0] / mass[..., 0].sum(-1, keepdim=True).clamp(min=1e-8)
+    return (entropy * weight).sum(-1).mean()

@@ -116,6 +116,9 @@ class Trainer:
         if self.world > 1:
             self.model = DistributedDataParallel(
                 self.objective, device_ids=[self.local_rank] if use_cuda else None)
+        self.trainable = getattr(self.objective, "trainable", True)
+        if not self.trainable:  # Rand Init / ImageNet: one checkpoint at iteration 0, nothing to optimise
+            self.max_iters = 0
         self.optimizer = build_optimizer(self.objective, dict(cfg.optimizer))
         sched = dict(cfg.get("lr_schedule", {}))
         warmup, min_factor = sched.get("warmup_iters", 0), sched.get("min_lr_factor", 0.0)
@@ -134,6 +137,7 @@ class Trainer:
             **self.objective.meta,
             "iteration": self.iteration,
             "config": self.cfg.pretty_text,
+            "config_name": Path(self.cfg.filename).stem if self.cfg.filename else None,
             "pixel_mean": list(IMAGENET_MEAN), "pixel_std": list(IMAGENET_STD), "input_format": "RGB",
             "format": CHECKPOINT_FORMAT,
         }
@@ -243,6 +247,8 @@ class Trainer:
         """Run to ``max_iters``; returns the final checkpoint. Raises TrainingInterrupted on a signal."""
         if self.is_main:
             write_text_atomic(self.cfg.pretty_text, self.work_dir / "config.py")
+        if not self.trainable:
+            return self.save_checkpoint()
         if self.iteration >= self.max_iters:
             return checkpoints_in(self.work_dir)[-1][1]
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..flow.sources import FlowPair, build_flow_source
 from ..geometry import random_affine, render_view
 from ..registry import DATASETS
-from .augment import normalize, photometric
+from .augment import BYOLViews, normalize, photometric
 from .datasets import SeededDataset
 from .frames import BadDataError, BadFileCounter, list_images, read_rgb
 from .synthetic import MovingShapesVideo, video_seed
@@ -39,8 +39,17 @@ class FramePairs(SeededDataset):
     def __init__(self, seed: int = 0, crop_size: tuple[int, int] = (512, 1024),
                  scale_range: tuple[float, float] = (0.75, 1.25), resize_to: tuple[int, int] | None = None,
                  flow: dict[str, Any] | None = None, affine: dict[str, Any] | None = None,
-                 colour: bool = True, return_frames: bool = False, max_bad_fraction: float = 0.01) -> None:
+                 colour: bool = True, return_frames: bool = False, max_bad_fraction: float = 0.01,
+                 mode: str = "flowe", same_frame: bool = False, window: float = 0.5,
+                 view_size: tuple[int, int] | None = None, byol_crop_scale: tuple[float, float] = (0.2, 1.0)) -> None:
         super().__init__(seed)
+        if mode not in ("flowe", "byol"):
+            raise ValueError(f"data.mode must be 'flowe' or 'byol', got '{mode}'")
+        # mode='byol': FlowE Table 1's "BYOL (crop)" (same_frame=True) and "BYOL (crop w/ video)"
+        # (same_frame=False): both random-resized crops come from one small window (``window`` of the
+        # crop side) at the same place — of one frame, or of two neighbouring frames.
+        self.mode, self.same_frame, self.window = mode, same_frame, window
+        self.byol_views = BYOLViews(tuple(view_size or crop_size), tuple(byol_crop_scale)) if mode == "byol" else None
         self.crop_size = tuple(crop_size)
         self.scale_range = tuple(scale_range)
         self.resize_to = tuple(resize_to) if resize_to else None
@@ -51,7 +60,7 @@ class FramePairs(SeededDataset):
         self.photometric = (photometric(blur_p=0.5, solarize_p=0.0, size=self.crop_size, jitter=SIMCLR_JITTER)
                             if colour else None)
         self.normalize = normalize()
-        self.return_frames = return_frames or self.flow_source is None
+        self.return_frames = return_frames or (self.flow_source is None and mode == "flowe")
         self.bad = BadFileCounter(max_bad_fraction)
 
     # -- to implement ---------------------------------------------------------------------------
@@ -97,6 +106,8 @@ class FramePairs(SeededDataset):
         if self.flow_source is not None and self.flow_source.needs_full_frames:
             flow = self.flow_source(img1[None], img2[None], info)
         img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow)
+        if self.byol_views is not None:
+            return self._byol_sample(rng, img1, img2)
         if self.flow_source is not None and flow is None:
             f = self.flow_source(img1[None], img2[None], info)
             flow = FlowPair(f.fw[0], f.bw[0], f.valid_fw[0], f.valid_bw[0])
@@ -113,6 +124,15 @@ class FramePairs(SeededDataset):
         if self.return_frames:
             out.update(frame1=img1, frame2=img2)
         return out
+
+
+    def _byol_sample(self, rng: np.random.Generator, img1: torch.Tensor, img2: torch.Tensor) -> dict[str, torch.Tensor]:
+        ch, cw = self.crop_size
+        wh, ww = max(8, round(ch * self.window)), max(8, round(cw * self.window))
+        y0, x0 = int(rng.integers(ch - wh + 1)), int(rng.integers(cw - ww + 1))
+        win = (..., slice(y0, y0 + wh), slice(x0, x0 + ww))
+        second = img1 if self.same_frame else img2
+        return {"view1": self.byol_views.view1(img1[win]), "view2": self.byol_views.view2(second[win])}
 
 
 @DATASETS.register_module()

@@ -1,6 +1,6 @@
 """Encoders and heads."""
 
 from .encoder import ARCHS, ResNetEncoder, build_encoder
-from .heads import MLPHead
+from .heads import HypercolumnHead, MLPHead
 
-__all__ = ["ARCHS", "MLPHead", "ResNetEncoder", "build_encoder"]
+__all__ = ["ARCHS", "HypercolumnHead", "MLPHead", "ResNetEncoder", "build_encoder"]

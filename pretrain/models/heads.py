@@ -6,6 +6,8 @@ A 1×1 convolution on a 1×1 map is exactly BYOL's Linear, so one head serves th
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,3 +22,30 @@ class MLPHead(nn.Sequential):
             nn.Conv2d(hidden_channels, out_channels, 1),
         )
         self.out_channels = out_channels
+
+
+class HypercolumnHead(nn.Module):
+    """Sparse hypercolumns (cross-pixel paper §3, §4.1): encoder stages sampled bilinearly at pixel
+    locations, concatenated, and mapped by a one-hidden-layer MLP to a D-dim embedding.
+
+    ResNet stages stand in for AlexNet's conv1/pool1/conv3/pool5/fc7.
+    """
+
+    def __init__(self, stage_channels: dict[str, int], stages: tuple[str, ...], hidden_channels: int = 256,
+                 out_channels: int = 16) -> None:
+        super().__init__()
+        self.stages = tuple(stages)
+        in_ch = sum(stage_channels[s] for s in self.stages)
+        self.mlp = nn.Sequential(nn.Conv1d(in_ch, hidden_channels, 1), nn.BatchNorm1d(hidden_channels),
+                                 nn.ReLU(inplace=True), nn.Conv1d(hidden_channels, out_channels, 1))
+        self.out_channels = out_channels
+
+    def forward(self, feats: dict[str, torch.Tensor], points: torch.Tensor,
+                image_size: tuple[int, int]) -> torch.Tensor:
+        """``points`` [B,N,2] (x, y) image pixel coordinates → [B, out, N]. A stage of stride s sees
+        pixel q at (q + ½)/s − ½ in its own grid (the ``align_corners=False`` convention)."""
+        h, w = image_size
+        grid = torch.stack([(points[..., 0] + 0.5) / w * 2 - 1, (points[..., 1] + 0.5) / h * 2 - 1], -1)[:, None]
+        cols = [F.grid_sample(feats[s], grid.to(feats[s].dtype), mode="bilinear", align_corners=False)[:, :, 0]
+                for s in self.stages]
+        return self.mlp(torch.cat(cols, 1))

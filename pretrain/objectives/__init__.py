@@ -2,6 +2,12 @@
 
 from .base import BootstrapObjective
 from .byol import BYOL
+from .crosspixel import CrossPixelFlowSimilarity, FlowClassification
+from .fixed import ImageNetSupervised, RandInit
 from .flowe import FlowE
+from .s3 import S3Affine, S3Entropy
 
-__all__ = ["BYOL", "BootstrapObjective", "FlowE"]
+__all__ = [
+    "BYOL", "BootstrapObjective", "CrossPixelFlowSimilarity", "FlowClassification", "FlowE", "ImageNetSupervised",
+    "RandInit", "S3Affine", "S3Entropy",
+]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..flow.sources import FlowPair, build_flow_source
 from ..flow.warp import warp
 from ..geometry import view_flow
-from ..losses import flowe_loss
+from ..losses import byol_loss, flowe_loss
 from ..registry import OBJECTIVES
 from .base import BootstrapObjective
 
@@ -55,8 +55,9 @@ class FlowE(BootstrapObjective):
     method = "flowe"
 
     def __init__(self, encoder: dict[str, Any], loss_resolution: str = "feature", symmetric: bool = True,
-                 flow: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 flow: dict[str, Any] | None = None, dense: bool = True, **kwargs: Any) -> None:
         super().__init__(encoder, **kwargs)
+        self.dense = dense  # False: Table 4's "non pixel-based" variant, global pooling before the heads
         if loss_resolution not in LOSS_RESOLUTIONS:
             raise KeyError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got '{loss_resolution}'")
         self.loss_resolution, self.symmetric = loss_resolution, symmetric
@@ -67,7 +68,9 @@ class FlowE(BootstrapObjective):
     def flow_source(self):
         return self._flow_source[0]
 
-    def flows(self, batch: dict[str, torch.Tensor]) -> FlowPair:
+    def flows(self, batch: dict[str, torch.Tensor]) -> FlowPair | None:
+        if not self.dense:
+            return None
         if "flow_fw" in batch:
             return FlowPair(batch["flow_fw"], batch["flow_bw"], batch["valid_fw"], batch["valid_bw"])
         if self.flow_source is None or "frame1" not in batch:
@@ -79,6 +82,11 @@ class FlowE(BootstrapObjective):
     def directional_loss(self, va: torch.Tensor, vb: torch.Tensor, aff_a: torch.Tensor, aff_b: torch.Tensor,
                          flow_ab: torch.Tensor, valid_ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ℓ(view a → view b); returns the loss and the fraction of valid locations."""
+        if not self.dense:
+            p = self.predictor(self.projector(F.adaptive_avg_pool2d(self.encoder(va), 1)))
+            with torch.no_grad():
+                z = self.target_projector(F.adaptive_avg_pool2d(self.target_encoder(vb), 1))
+            return byol_loss(p, z), torch.ones((), device=va.device)
         p = self.predictor(self.projector(self.encoder(va)))
         z = self.target_forward(vb)
         return equivariance_loss(p, z, aff_a, aff_b, flow_ab, valid_ab, tuple(va.shape[-2:]), self.loss_resolution)
@@ -86,8 +94,11 @@ class FlowE(BootstrapObjective):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         flow = self.flows(batch)
         v1, v2, a1, a2 = batch["view1"], batch["view2"], batch["affine1"], batch["affine2"]
-        loss, frac = self.directional_loss(v1, v2, a1, a2, flow.fw, flow.valid_fw)
+        fw = bw = valid_fw = valid_bw = None
+        if flow is not None:
+            fw, bw, valid_fw, valid_bw = flow.fw, flow.bw, flow.valid_fw, flow.valid_bw
+        loss, frac = self.directional_loss(v1, v2, a1, a2, fw, valid_fw)
         if self.symmetric:  # view 2 → view 1 uses the backward flow M₂→₁
-            loss2, frac2 = self.directional_loss(v2, v1, a2, a1, flow.bw, flow.valid_bw)
+            loss2, frac2 = self.directional_loss(v2, v1, a2, a1, bw, valid_bw)
             loss, frac = loss + loss2, (frac + frac2) / 2
         return {"loss": loss, "valid_fraction": frac.detach()}

@@ -1,0 +1,3 @@
+_base_ = ["./flowe_r14_synthetic_demo.py"]
+
+model = dict(dense=False)

@@ -1,0 +1,55 @@
+"""S3-CNN (Mahendran et al. 2018): a soft segmentation of one image into L regions, supervised by
+how coherently the flow moves inside each region (affine fit, or flow-magnitude entropy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import affine_motion_loss, histogram_entropy_loss
+from ..registry import OBJECTIVES
+from .base import Objective
+from .crosspixel import flow_in_view
+
+
+class _S3(Objective):
+    def __init__(self, encoder: dict[str, Any], num_regions: int = 8) -> None:
+        super().__init__(encoder)
+        self.segment = nn.Conv2d(self.encoder.out_channels, num_regions, 1)
+
+    def regions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Soft masks [B,L,h,w] at feature resolution with the view's flow (in feature pixels)
+        average-pooled to the same grid and its validity."""
+        masks = self.segment(self.encoder(batch["view1"])).softmax(1)
+        flow, valid = flow_in_view(batch)
+        size = masks.shape[-2:]
+        scale = size[-1] / flow.shape[-1]
+        flow = F.adaptive_avg_pool2d(flow * valid[:, None], size) / F.adaptive_avg_pool2d(
+            valid[:, None].float(), size).clamp(min=1e-6)
+        valid = F.adaptive_avg_pool2d(valid[:, None].float(), size)[:, 0] > 0.5
+        return masks, flow * scale, valid
+
+
+@OBJECTIVES.register_module(name="s3_affine")
+class S3Affine(_S3):
+    method = "s3_affine"
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        masks, flow, valid = self.regions(batch)
+        return {"loss": affine_motion_loss(masks, flow, valid)}
+
+
+@OBJECTIVES.register_module(name="s3_entropy")
+class S3Entropy(_S3):
+    method = "s3_entropy"
+
+    def __init__(self, encoder: dict[str, Any], num_regions: int = 8, bins: int = 16) -> None:
+        super().__init__(encoder, num_regions)
+        self.bins = bins
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        masks, flow, valid = self.regions(batch)
+        return {"loss": histogram_entropy_loss(masks, flow, valid, self.bins)}

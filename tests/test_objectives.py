@@ -1,0 +1,163 @@
+"""Cross-pixel flow similarity, its classification baseline, S3 losses, and every method's smoke run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pretrain.api import Trainer, load_config
+from pretrain.demo import DEMO_CONFIGS
+from pretrain.fileio import load_checkpoint
+from pretrain.losses import (
+    affine_motion_loss,
+    cross_pixel_similarity_loss,
+    flow_bin_classification_loss,
+    histogram_entropy_loss,
+    normalize_flow_log,
+)
+from pretrain.objectives import ImageNetSupervised
+
+
+def _transcribed_eq3(phi: torch.Tensor, f: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """Eq. 2–5 written out with loops, for one image."""
+    n = len(phi)
+    k_phi = [[0.25 * torch.dot(phi[p], phi[q]) / (phi[p].norm() * phi[q].norm()) for q in range(n)] for p in range(n)]
+    k_f = [[torch.exp(-(f[p] - f[q]).pow(2).sum() / (2 * sigma2)) for q in range(n)] for p in range(n)]
+    loss = 0.0
+    for q in range(n):
+        for p in range(n):
+            z_f = sum(torch.exp(k_f[p][qq]) for qq in range(n) if qq != p) + 1
+            z_phi = sum(torch.exp(k_phi[p][qq]) for qq in range(n) if qq != p) + math.exp(-0.75)
+            s_f = (1 if p == q else torch.exp(k_f[p][q])) / z_f
+            s_phi = (math.exp(-0.75) if p == q else torch.exp(k_phi[p][q])) / z_phi
+            loss = loss - s_f * torch.log(s_phi)
+    return loss
+
+
+def test_cross_pixel_loss_equals_transcription_of_eq2_to_5_and_its_gradient():
+    torch.manual_seed(0)
+    phi = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
+    flow = torch.rand(2, 7, 2, dtype=torch.float64) * 2 - 1
+    log_s2 = torch.tensor(math.log(0.05), dtype=torch.float64, requires_grad=True)
+    ours = cross_pixel_similarity_loss(phi, flow, log_s2.exp(), reduction="sum")
+    ref = sum(_transcribed_eq3(phi[b], flow[b], log_s2.exp()) for b in range(2))
+    torch.testing.assert_close(ours, ref)
+    g_ours = torch.autograd.grad(ours, (phi, log_s2))
+    g_ref = torch.autograd.grad(ref, (phi, log_s2))
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert g_ours[1].abs() > 0  # σ receives gradient
+    torch.testing.assert_close(cross_pixel_similarity_loss(phi, flow, log_s2.exp()), ours / 14)
+
+
+def test_cross_pixel_loss_is_lowest_when_embeddings_group_like_the_flow():
+    torch.manual_seed(0)
+    n = 32
+    groups = torch.arange(n) % 2
+    flow = torch.stack([groups * 0.8 - 0.4, torch.zeros(n)], -1)[None].double()  # two rigid motions
+    good = torch.nn.functional.one_hot(groups, 2).double()[None]                  # grouped as the flow
+    wrong = torch.nn.functional.one_hot((torch.arange(n) // 2) % 2, 2).double()[None]
+    s2 = torch.tensor(0.01, dtype=torch.float64)
+    l_good = cross_pixel_similarity_loss(good, flow, s2)
+    assert l_good < cross_pixel_similarity_loss(wrong, flow, s2)
+    for _ in range(5):
+        assert l_good < cross_pixel_similarity_loss(torch.randn(1, n, 2, dtype=torch.float64), flow, s2)
+
+
+def test_log_flow_normalisation_eq6():
+    f = torch.tensor([0.0, 56.0, -7.0, 1000.0, -1000.0])
+    expected = torch.tensor([0.0, 1.0, -math.log(8) / math.log(57), 1.0, -1.0])
+    torch.testing.assert_close(normalize_flow_log(f, 56.0), expected)
+
+
+def test_flow_bin_classification_targets():
+    flow = torch.tensor([[[-1.0, 1.0], [0.0, -0.999], [0.99, 0.0]]])  # [B=1, N=3, 2]
+    logits = torch.full((1, 32, 3), -20.0)
+    for n, (bx, by) in enumerate([(0, 15), (8, 0), (15, 8)]):
+        logits[0, bx, n] = 20.0
+        logits[0, 16 + by, n] = 20.0
+    assert flow_bin_classification_loss(logits, flow) < 1e-6
+    logits[0, 0, 0], logits[0, 1, 0] = -20.0, 20.0  # one wrong bin → large loss
+    assert flow_bin_classification_loss(logits, flow) > 10
+
+
+def _affine_scene(h: int = 24, w: int = 32):
+    """Three regions (left, middle, right thirds), each with its own exact affine motion."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    region = (torch.arange(w) * 3 // w).expand(h, w)
+    motions = [torch.tensor([[0.5, 0.2, 1.0], [0.0, -0.3, 0.5]]), torch.tensor([[-2.0, 0.0, 0.0], [0.1, 0.0, -1.0]]),
+               torch.tensor([[0.0, 1.0, 3.0], [1.0, 0.0, 0.0]])]
+    flow = torch.zeros(2, h, w)
+    for r, a in enumerate(motions):
+        m = region == r
+        flow[:, m] = a[:, 0:1] * xs[m] + a[:, 1:2] * ys[m] + a[:, 2:3]
+    truth = torch.nn.functional.one_hot(region, 3).permute(2, 0, 1).float()
+    return flow[None], truth[None]
+
+
+def test_affine_motion_loss_is_zero_for_the_true_segmentation():
+    flow, truth = _affine_scene()
+    assert affine_motion_loss(truth, flow) < 1e-3
+    halves = torch.zeros_like(truth)
+    halves[:, 0, :, :16], halves[:, 1, :, 16:] = 1, 1
+    assert affine_motion_loss(halves, flow) > 0.1
+    soft = torch.full_like(truth, 1 / 3).requires_grad_(True)
+    loss = affine_motion_loss(soft, flow)
+    loss.backward()
+    assert loss > 0.1 and soft.grad.abs().sum() > 0
+
+
+def test_histogram_entropy_loss_prefers_regions_of_one_motion():
+    flow, truth = _affine_scene()
+    flow = torch.zeros_like(flow)
+    flow[:, 0, :, :16], flow[:, 0, :, 16:] = 1.0, 8.0  # two magnitudes
+    true = torch.zeros(1, 2, 24, 32)
+    true[:, 0, :, :16], true[:, 1, :, 16:] = 1, 1
+    mixed = torch.zeros(1, 2, 24, 32)
+    mixed[:, 0, :12], mixed[:, 1, 12:] = 1, 1
+    # mixing two motions 50/50 adds ln 2 of entropy to each region
+    assert histogram_entropy_loss(mixed, flow) - histogram_entropy_loss(true, flow) > 0.9 * math.log(2)
+
+
+SMOKE = {"max_iters": 2, "checkpoint_interval": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "quiet": True}
+
+
+@pytest.mark.parametrize("method", sorted(m for m in DEMO_CONFIGS if m != "imagenet_supervised"))
+def test_every_method_trains_on_the_synthetic_video(method, tmp_path):
+    cfg = load_config(DEMO_CONFIGS[method], SMOKE)
+    if cfg.data.type == "SyntheticPairs":  # keep the smoke test small
+        cfg.merge_from_dict({"data.height": 64, "data.width": 128, "data.crop_size": (64, 128)})
+        if cfg.data.get("mode") == "byol":
+            cfg.merge_from_dict({"data.view_size": (32, 64)})
+    ckpt = load_checkpoint(Trainer(cfg, tmp_path).train())
+    assert ckpt["meta"]["method"] == cfg.model.type and ckpt["meta"]["config_name"] == f"{method}_r14_synthetic_demo"
+    assert ckpt["encoder"].keys() == load_checkpoint(Trainer(cfg, tmp_path / "again").train())["encoder"].keys()
+    assert all(torch.isfinite(v).all() for v in ckpt["encoder"].values() if v.is_floating_point())
+
+
+def test_rand_init_is_the_seeded_initialisation(tmp_path):
+    cfg = lambda seed: load_config(DEMO_CONFIGS["rand_init"], {"seed": seed, "quiet": True})  # noqa: E731
+    a = load_checkpoint(Trainer(cfg(0), tmp_path / "a").train())
+    b = load_checkpoint(Trainer(cfg(0), tmp_path / "b").train())
+    c = load_checkpoint(Trainer(cfg(1), tmp_path / "c").train())
+    assert a["iteration"] == 0 and a["meta"]["method"] == "rand_init"
+    assert all(torch.equal(a["encoder"][k], b["encoder"][k]) for k in a["encoder"])
+    assert not torch.equal(a["encoder"]["conv1.weight"], c["encoder"]["conv1.weight"])
+
+
+def test_imagenet_entry_point_wraps_torchvision_weights(tmp_path, monkeypatch):
+    from torchvision.models import resnet50
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="not available offline.*model.checkpoint"):
+        ImageNetSupervised({"arch": "resnet50"})
+    torch.manual_seed(3)
+    tv = resnet50()
+    torch.save(tv.state_dict(), tmp_path / "r50.pth")
+    model = ImageNetSupervised({"arch": "resnet50", "output_stride": 32}, checkpoint=str(tmp_path / "r50.pth"))
+    x = torch.randn(1, 3, 64, 64)
+    tv.eval(), model.eval()
+    trunk = torch.nn.Sequential(*list(tv.children())[:-2])
+    torch.testing.assert_close(model.encoder(x), trunk(x))

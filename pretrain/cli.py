@@ -41,7 +41,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline CPU demo: synthetic video → pretraining (a few minutes)")
     p.add_argument("--work-dir", default="work_dirs/demo")
     p.add_argument("--iters", type=int, default=None, help="pretraining iterations (default: the config's)")
-    p.add_argument("--method", default="flowe", help="objective to pretrain (default flowe); see configs/pretrain/*_r14_synthetic_demo.py")
+    p.add_argument("--method", default="flowe",
+                   help="objective to pretrain (default flowe); see configs/pretrain/*_r14_synthetic_demo.py")
     p.set_defaults(func=cmd_demo)
 
 

@@ -123,12 +123,40 @@ def cmd_flow_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an encoder checkpoint for torchvision, detectron2 or mmseg")
+    p.add_argument("src", help="flowssl checkpoint, torchvision state dict, or a MoCo/BYOL/SimCLR release")
+    p.add_argument("--to", required=True, choices=("torchvision", "detectron2", "mmseg"))
+    p.add_argument("-o", "--out", required=True, help="output file (.pkl for detectron2, .pth otherwise)")
+    p.add_argument("--from", dest="source", default="auto",
+                   choices=("auto", "flowssl", "torchvision", "byol", "simclr", "moco", "detectron2"))
+    p.add_argument("--allow-missing", action="store_true", help="write even if trunk keys are missing")
+    p.add_argument("--drop-heads", action="store_true", help="leave out keys outside the ResNet trunk")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import json
+
+    from .convert import convert
+
+    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads)
+    print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
+          f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
+          f"{side['keys_out']} out, {side['dropped_keys']} dropped")
+    if "detectron2_config" in side:
+        print("detectron2 config for this encoder:\n" + json.dumps(side["detectron2_config"], indent=2))
+    print(f"wrote {args.out} (sha256 {side['sha256'][:12]}…) and {args.out}.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_demo(sub)
     _add_flow(sub)
+    _add_convert(sub)
     return parser
 
 

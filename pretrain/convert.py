@@ -1,0 +1,277 @@
+"""Checkpoint conversion between flowssl, torchvision, detectron2 and MMSegmentation.
+
+The encoder is a torchvision ResNet, so the torchvision names are the hub every conversion goes
+through: read any supported layout → torchvision state dict → write the target framework's names.
+Nothing pickled is ever executed: PyTorch files load with ``weights_only=True`` and detectron2
+pickles with an unpickler that only rebuilds numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .fileio import CheckpointError, atomic_path, load_checkpoint, write_text_atomic
+
+# pixel statistics of torchvision / flowssl encoders, RGB
+PIXEL_MEAN_01 = (0.485, 0.456, 0.406)
+PIXEL_STD_01 = (0.229, 0.224, 0.225)
+
+# Known layouts: name → prefixes the encoder's keys may carry (first match wins).
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "flowssl": ("",),                                        # the "encoder" entry of a flowssl checkpoint
+    "torchvision": ("", "module."),
+    "moco": ("module.encoder_q.", "encoder_q."),
+    "byol": ("online_network.encoder.", "module.online_network.encoder.", "net.", "backbone.", "module.backbone."),
+    "simclr": ("module.", "encoder.", "backbone.", "module.encoder.", ""),
+    "detectron2": ("",),
+}
+TARGETS = ("torchvision", "detectron2", "mmseg")
+
+
+@dataclass
+class Encoder:
+    """A torchvision-named ResNet state dict and what is known about it."""
+
+    state: dict[str, torch.Tensor]
+    layout: str
+    prefix: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def arch(self) -> str:
+        blocks = tuple(len({k.split(".")[1] for k in self.state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+        return self.meta.get("arch") or {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101",
+                                         (1, 1, 1, 1): "resnet14", (3, 8, 36, 3): "resnet152"}.get(blocks, str(blocks))
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles detectron2 weight files (dicts of numpy arrays) and refuses any other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+
+
+def _read_raw(path: Path) -> tuple[dict[str, Any], bool]:
+    """(object, is_detectron2_pickle)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable detectron2 pickle ({exc})") from exc
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict")
+        return obj, True
+    return load_checkpoint(path), False
+
+
+def _unwrap(obj: dict[str, Any]) -> dict[str, Any]:
+    """Peel the usual wrappers: {"state_dict": ...}, {"model": ...}."""
+    for key in ("state_dict", "model"):
+        if key in obj and isinstance(obj[key], dict) and not any(torch.is_tensor(v) for v in obj.values()):
+            return obj[key]
+    return obj
+
+
+def d2_to_torchvision_name(name: str) -> str | None:
+    """Inverse of :func:`torchvision_to_d2_name` (None for names outside the ResNet trunk)."""
+    if name.startswith("stem.conv1.norm."):
+        return "bn1." + name[len("stem.conv1.norm."):]
+    if name.startswith("stem.conv1."):
+        return "conv1." + name[len("stem.conv1."):]
+    m = re.match(r"^res(\d)\.(\d+)\.(conv\d|shortcut)(\.norm)?\.(\w+)$", name)
+    if not m:
+        return None
+    stage, block, conv, norm, leaf = m.groups()
+    layer = f"layer{int(stage) - 1}.{block}"
+    if conv == "shortcut":
+        return f"{layer}.downsample.{1 if norm else 0}.{leaf}"
+    return f"{layer}.{'bn' + conv[-1] if norm else conv}.{leaf}"
+
+
+def torchvision_to_d2_name(name: str) -> str | None:
+    """torchvision ResNet name → detectron2 ResNet name; None for ``num_batches_tracked``."""
+    if name.endswith("num_batches_tracked"):
+        return None
+    if name.startswith("conv1."):
+        return "stem." + name
+    if name.startswith("bn1."):
+        return "stem.conv1.norm." + name[len("bn1."):]
+    m = re.match(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)$", name)
+    if not m:
+        raise KeyError(f"'{name}' is not a torchvision ResNet parameter name")
+    layer, block, part, leaf = m.groups()
+    stage = f"res{int(layer) + 1}.{block}"
+    if part.startswith("conv"):
+        return f"{stage}.{part}.{leaf}"
+    if part.startswith("bn"):
+        return f"{stage}.conv{part[-1]}.norm.{leaf}"
+    return f"{stage}.shortcut.{leaf}" if part.endswith("0") else f"{stage}.shortcut.norm.{leaf}"
+
+
+def _is_trunk(name: str) -> bool:
+    return bool(re.match(r"^(conv1|bn1)\.|^layer[1-4]\.\d+\.(conv\d|bn\d|downsample\.[01])\.", name))
+
+
+def read_encoder(path: str | Path, source: str = "auto", drop_heads: bool = False) -> Encoder:
+    """Read any supported checkpoint as a torchvision-named encoder; say which layout was found."""
+    path = Path(path)
+    obj, is_pkl = _read_raw(path)
+    if source not in ("auto", *LAYOUTS):
+        raise CheckpointError(f"unknown --from '{source}'; choose auto or one of {sorted(LAYOUTS)}")
+    meta: dict[str, Any] = {}
+    if is_pkl or source == "detectron2":
+        weights = obj.get("model", obj)
+        state = {}
+        for k, v in weights.items():
+            tv = d2_to_torchvision_name(k)
+            if tv is not None:
+                state[tv] = torch.as_tensor(np.asarray(v))
+        extra = sorted(k for k in weights if d2_to_torchvision_name(k) is None)
+        enc = Encoder(state, "detectron2", "", dict(obj.get("__flowssl_meta__", {})), extra)
+    elif "encoder" in obj and isinstance(obj["encoder"], dict) and "meta" in obj:  # flowssl checkpoint
+        meta = dict(obj["meta"])
+        meta.pop("config", None)
+        enc = Encoder(dict(obj["encoder"]), "flowssl", "", meta)
+    else:
+        weights = _unwrap(obj)
+        if not isinstance(weights, dict) or not any(torch.is_tensor(v) for v in weights.values()):
+            raise CheckpointError(f"{path} holds no tensors under any known key (state_dict, model, encoder)")
+        names = [source] if source not in ("auto", "flowssl") else ["torchvision", "moco", "byol", "simclr"]
+        found = None
+        for layout in names:
+            for prefix in LAYOUTS[layout]:
+                if f"{prefix}conv1.weight" in weights and f"{prefix}layer1.0.conv1.weight" in weights:
+                    found = (layout, prefix)
+                    break
+            if found:
+                break
+        if found is None:
+            sample = ", ".join(list(weights)[:5])
+            raise CheckpointError(f"{path}: no ResNet trunk found (looked for '<prefix>conv1.weight' with prefixes of "
+                                  f"{names}); first keys: {sample}. Pass --from to name the layout.")
+        layout, prefix = found
+        state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix) and _is_trunk(k[len(prefix):])}
+        extra = sorted(k for k in weights if not (k.startswith(prefix) and _is_trunk(k[len(prefix):])))
+        enc = Encoder(state, layout, prefix, meta, extra)
+    if enc.dropped and not drop_heads:
+        shown = ", ".join(enc.dropped[:8]) + (" ..." if len(enc.dropped) > 8 else "")
+        raise CheckpointError(f"{path} ({enc.layout} layout) has {len(enc.dropped)} key(s) outside the ResNet trunk: "
+                              f"{shown}. Pass --drop-heads to leave them out.")
+    return enc
+
+
+def check_complete(enc: Encoder, allow_missing: bool = False) -> list[str]:
+    """Compare with a torchvision ResNet of the same depth; missing keys are an error unless allowed."""
+    from .models.encoder import ARCHS, ResNetEncoder
+
+    if enc.arch not in ARCHS:
+        raise CheckpointError(f"unsupported ResNet layout {enc.arch}; supported: {sorted(ARCHS)}")
+    expected = set(ResNetEncoder(enc.arch, 32).state_dict())
+    have = set(enc.state)
+    missing = sorted(k for k in expected - have if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(have - expected)
+    if unexpected:
+        raise CheckpointError(f"unexpected trunk keys for {enc.arch}: {unexpected[:8]}")
+    if missing and not allow_missing:
+        raise CheckpointError(f"{len(missing)} {enc.arch} key(s) missing: {missing[:8]}... "
+                              "Pass --allow-missing to write the checkpoint anyway.")
+    for k, v in enc.state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"'{k}' contains NaN/Inf: the source checkpoint is broken")
+    return missing
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+def to_detectron2(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in state.items():
+        name = torchvision_to_d2_name(k)
+        if name is not None:
+            out[name] = v.detach().cpu().numpy()
+    return out
+
+
+def d2_config_hints(enc: Encoder) -> dict[str, Any]:
+    """What a detectron2 config needs to read this encoder as it was trained (RGB, 0–255 scale)."""
+    os_ = int(enc.meta.get("output_stride", 32))
+    return {
+        "MODEL.PIXEL_MEAN": [round(m * 255, 3) for m in enc.meta.get("pixel_mean", PIXEL_MEAN_01)],
+        "MODEL.PIXEL_STD": [round(s * 255, 3) for s in enc.meta.get("pixel_std", PIXEL_STD_01)],
+        "INPUT.FORMAT": "RGB",
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "MODEL.RESNETS.DEPTH": {"resnet50": 50, "resnet101": 101, "resnet14": 14}.get(enc.arch, enc.arch),
+        "MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE": os_,
+        "MODEL.FLOWSSL.RES4_DILATION": 2 if os_ == 8 else 1,
+        "MODEL.FLOWSSL.RES5_DILATION": {8: 4, 16: 2}.get(os_, 1),
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert(src: str | Path, target: str, out: str | Path, source: str = "auto", allow_missing: bool = False,
+            drop_heads: bool = False) -> dict[str, Any]:
+    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json``; returns the sidecar."""
+    if target not in TARGETS:
+        raise CheckpointError(f"unknown --to '{target}'; choose one of {TARGETS}")
+    out = Path(out)
+    enc = read_encoder(src, source, drop_heads)
+    missing = check_complete(enc, allow_missing)
+    with atomic_path(out) as tmp:
+        if target == "detectron2":
+            payload = {"model": to_detectron2(enc.state), "__author__": "flowssl", "matching_heuristics": True,
+                       "__flowssl_meta__": {**enc.meta, "arch": enc.arch}}
+            with open(tmp, "wb") as f:
+                pickle.dump(payload, f, protocol=4)
+            n_out = len(payload["model"])
+        elif target == "mmseg":
+            # mmseg's ResNet (style='pytorch', plain stem) uses torchvision's names; init_cfg=Pretrained
+            # reads the "state_dict" entry.
+            meta = {**enc.meta, "arch": enc.arch, "converted_by": "flowssl"}
+            torch.save({"state_dict": enc.state, "meta": meta}, tmp)
+            n_out = len(enc.state)
+        else:
+            torch.save(enc.state, tmp)
+            n_out = len(enc.state)
+    sidecar = {
+        "source": str(src), "source_layout": enc.layout, "source_prefix": enc.prefix, "target": target,
+        "method": enc.meta.get("method", "unknown"), "config_name": enc.meta.get("config_name"),
+        "arch": enc.arch, "output_stride": enc.meta.get("output_stride", 32),
+        "keys_in": len(enc.state), "keys_out": n_out, "dropped_keys": len(enc.dropped), "missing_keys": missing,
+        "sha256": _sha256(out),
+    }
+    if target == "detectron2":
+        sidecar["detectron2_config"] = d2_config_hints(enc)
+    write_text_atomic(json.dumps(sidecar, indent=2), Path(f"{out}.json"))
+    return sidecar
+
+
+__all__ = ["LAYOUTS", "TARGETS", "Encoder", "check_complete", "convert", "d2_config_hints", "d2_to_torchvision_name",
+           "read_encoder", "to_detectron2", "torchvision_to_d2_name"]

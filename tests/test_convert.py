@@ -52,7 +52,8 @@ def test_flowssl_torchvision_mmseg_stage_outputs_agree(tmp_path, os_):
     tv.eval()
 
     mm = mmseg_models.backbones.ResNet(
-        depth=50, strides=(1, 2, 1, 1) if os_ == 8 else (1, 2, 2, 2), dilations=(1, 1, 2, 4) if os_ == 8 else (1, 1, 1, 1),
+        depth=50, strides=(1, 2, 1, 1) if os_ == 8 else (1, 2, 2, 2),
+        dilations=(1, 1, 2, 4) if os_ == 8 else (1, 1, 1, 1),
         contract_dilation=True, style="pytorch", out_indices=(0, 1, 2, 3),
         init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mm.pth")))
     mm.init_weights()

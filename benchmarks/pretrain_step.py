@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,10 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from _common import peak_mb, run_child  # noqa: E402
 
 
 def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, device: str) -> dict[str, float]:
@@ -65,7 +62,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, devic
         return out
 
     flowe_mod.equivariance_loss = timed
-    base = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mb()
+    base = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_mb(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -85,7 +82,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, devic
         step()
     sync()
     total = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mb()
+    peak = peak_mb(dev)
     return {"step_s": total, "loss_part_s": part["t"] / steps, "peak_mb": peak - base}
 
 
@@ -102,10 +99,8 @@ def main() -> None:
         return
     rows = {}
     for res in ("image", "feature"):
-        cmd = [sys.executable, __file__, "--only", res, "--device", args.device, "--arch", args.arch,
-               "--size", *map(str, args.size), "--steps", str(args.steps)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows[res] = json.loads(out.strip().splitlines()[-1])
+        rows[res] = run_child(__file__, ["--only", res, "--device", args.device, "--arch", args.arch,
+                                         "--size", *map(str, args.size), "--steps", str(args.steps)])
     print(f"FlowE step, {args.arch} OS8, 2 pairs of {args.size[0]}×{args.size[1]}, {args.device}, flow given")
     print(f"{'loss resolution':<16}{'step (s)':>10}{'flow+warp+loss (s)':>20}{'share':>8}{'peak (MiB)':>12}")
     for res, r in rows.items():

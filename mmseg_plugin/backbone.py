@@ -1,0 +1,61 @@
+"""``FlowsslResNet``: mmseg's ``ResNet`` with the flowssl encoder's layout and a readout switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from mmseg.models.backbones import ResNet
+from mmseg.models.backbones.resnet import Bottleneck
+from mmseg.registry import MODELS
+
+# torchvision's dilation pattern per output stride, expressed in mmseg's terms (with
+# contract_dilation=True the first block of a dilated stage uses half the dilation, as torchvision).
+_LAYOUT = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)), 32: ((1, 2, 2, 2), (1, 1, 1, 1))}
+_DEPTH = {"resnet14": 14, "resnet50": 50, "resnet101": 101}
+
+
+@MODELS.register_module()
+class FlowsslResNet(ResNet):
+    """mmseg ResNet (``style='pytorch'``, plain 7×7 stem — not ResNetV1c) matching
+    :class:`pretrain.models.ResNetEncoder` for the same ``arch`` and ``output_stride``.
+
+    ``frozen=True`` is the paper's readout: stem and all four stages frozen, BN in eval mode (running
+    statistics never updated) and no graph kept through the backbone. ``frozen=False`` fine-tunes
+    everything (BN or SyncBN through ``norm_cfg``). ``checkpoint`` may be a flowssl pretraining
+    checkpoint or any file ``flowssl convert`` reads; it is converted on load.
+    """
+
+    arch_settings = {**ResNet.arch_settings, 14: (Bottleneck, (1, 1, 1, 1))}
+
+    def __init__(self, arch: str = "resnet50", output_stride: int = 8, frozen: bool = True,
+                 checkpoint: str | None = None, **kwargs: Any) -> None:
+        if arch not in _DEPTH:
+            raise KeyError(f"unknown arch '{arch}'; choose one of {sorted(_DEPTH)}")
+        strides, dilations = _LAYOUT[output_stride]
+        kwargs.setdefault("out_indices", (0, 1, 2, 3))
+        if frozen:
+            kwargs.update(frozen_stages=4, norm_eval=True)
+        super().__init__(depth=_DEPTH[arch], strides=strides, dilations=dilations, contract_dilation=True,
+                         style="pytorch", deep_stem=False, avg_down=False, **kwargs)
+        self.frozen, self.flowssl_checkpoint = frozen, checkpoint
+
+    def init_weights(self) -> None:
+        if self.flowssl_checkpoint is None:
+            super().init_weights()
+            return
+        from pretrain.convert import check_complete, read_encoder
+
+        enc = read_encoder(self.flowssl_checkpoint, drop_heads=True)
+        check_complete(enc)
+        missing, unexpected = self.load_state_dict(enc.state, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
+            raise RuntimeError(f"{self.flowssl_checkpoint} does not fit FlowsslResNet: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}; is the arch right?")
+        self._freeze_stages()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.frozen:  # readout: nothing to differentiate, keep no activations
+            with torch.no_grad():
+                return super().forward(x)
+        return super().forward(x)

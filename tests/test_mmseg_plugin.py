@@ -1,0 +1,163 @@
+"""mmseg plugin: configs build, frozen readout really is frozen, evaluation writes the tables' JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmseg")
+pytest.importorskip("mmcv.ops")
+
+from mmengine.config import Config  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+import mmseg_plugin  # noqa: E402,F401
+from mmseg_plugin.runner import load_cfg, run_test, run_train  # noqa: E402
+from pretrain.data.synthetic import write_cityscapes_layout  # noqa: E402
+from pretrain.models import ResNetEncoder  # noqa: E402
+
+from .conftest import REPO  # noqa: E402
+
+register_all_modules()
+CONFIGS = sorted((REPO / "configs" / "mmseg").glob("*.py"))
+TINY = REPO / "configs" / "mmseg" / "deeplabv1_flowssl-r14-frozen_1xb4-300_synthetic-64x128.py"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_builds(path):
+    cfg = Config.fromfile(str(path))
+    assert cfg.custom_imports == {"imports": ["mmseg_plugin"], "allow_failed_imports": False}
+    assert cfg.model.data_preprocessor.mean == [123.675, 116.28, 103.53] and cfg.model.data_preprocessor.bgr_to_rgb
+    assert cfg.val_evaluator.type == "PerClassIoUMetric"
+    if "r50" in path.stem:
+        cfg.model.backbone.arch = "resnet14"  # building R50 adds nothing to the check
+    if cfg.model.backbone.norm_cfg.type == "SyncBN":
+        cfg.model.backbone.norm_cfg.type = "BN"
+    model = MODELS.build(cfg.model)
+    head_params = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    if "deeplabv1" in path.stem:
+        assert head_params == ["decode_head.conv_seg.weight", "decode_head.conv_seg.bias"]  # one 1×1 conv
+    frozen = [p.requires_grad for p in model.backbone.parameters()]
+    assert (not any(frozen)) if "frozen" in path.stem else all(frozen)
+
+
+def _flowssl_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    enc = ResNetEncoder("resnet14", 8)
+    path = tmp_path / "flowssl.pth"
+    torch.save({"encoder": enc.state_dict(), "meta": {"method": "rand_init", **enc.meta}, "model": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mmseg") / "synthetic"
+    return write_cityscapes_layout(root, seed=0, videos={"train": 2, "val": 1}, frames_per_video=2)
+
+
+def _cfg(tmp_path, data_root, config=TINY, iters=3, **options):
+    opts = {"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "param_scheduler.0.end": iters,
+            "default_hooks.checkpoint.interval": iters, "default_hooks.logger.interval": 1,
+            "train_dataloader.batch_size": 2, **options}
+    for split in ("train", "val", "test"):
+        opts[f"{split}_dataloader.dataset.data_root"] = str(data_root)
+    return load_cfg(config, tmp_path / "work", _flowssl_checkpoint(tmp_path), opts)
+
+
+def _backbone_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_readout_leaves_backbone_bit_identical(tmp_path, synthetic_root, frozen):
+    cfg = _cfg(tmp_path, synthetic_root, **{"model.backbone.frozen": frozen})
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg)
+    runner._init_model_weights() if hasattr(runner, "_init_model_weights") else runner.model.init_weights()
+    before = _backbone_state(runner.model)
+    head_before = runner.model.decode_head.conv_seg.weight.clone()
+    # the backbone starts from the flowssl checkpoint
+    enc = torch.load(tmp_path / "flowssl.pth", weights_only=True)["encoder"]
+    assert torch.equal(before["layer4.0.conv2.weight"], enc["layer4.0.conv2.weight"])
+    runner.train()
+    after = _backbone_state(runner.model)
+    changed = [k for k in before if not torch.equal(before[k], after[k]) and "num_batches" not in k]
+    assert not torch.equal(head_before, runner.model.decode_head.conv_seg.weight)
+    if frozen:
+        assert changed == []  # weights *and* BN running statistics
+    else:
+        assert any("running_mean" in k for k in changed) and any(k.endswith("conv1.weight") for k in changed)
+
+
+def test_backbone_features_equal_the_pretrain_encoder(tmp_path):
+    ckpt = _flowssl_checkpoint(tmp_path)
+    mm = MODELS.build(dict(type="FlowsslResNet", arch="resnet14", output_stride=8, frozen=True, checkpoint=str(ckpt)))
+    mm.init_weights()
+    mm.eval()
+    enc = ResNetEncoder("resnet14", 8)
+    enc.load_state_dict(torch.load(ckpt, weights_only=True)["encoder"])
+    enc.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours = enc.forward_stages(x)
+        theirs = mm(x)
+    for name, t in zip(("layer1", "layer2", "layer3", "layer4"), theirs, strict=True):
+        torch.testing.assert_close(t, ours[name], atol=1e-5, rtol=0)
+
+
+def test_evaluation_writes_miou_and_per_class_iou(tmp_path, synthetic_root):
+    cfg = _cfg(tmp_path, synthetic_root)
+    run_train(cfg)
+    ckpt = Path(cfg.work_dir) / "iter_3.pth"
+    assert ckpt.is_file()
+    result = run_test(_cfg(tmp_path, synthetic_root), str(ckpt), tmp_path / "res.json")
+    saved = json.loads((tmp_path / "res.json").read_text())
+    assert saved == result and saved["frozen"] is True and saved["decode_head"] == "DeepLabV1Head"
+    assert {"aAcc", "mIoU", "mAcc", "IoU.background", "IoU.cross"} <= set(saved["metrics"])
+    assert 0 <= saved["metrics"]["mIoU"] <= 100
+
+
+def test_trains_on_real_cityscapes_sample(tmp_path, shared_data):
+    root = shared_data / "cityscapes_sample"
+
+    def real(cfg):
+        for split in ("train", "val", "test"):
+            ds = cfg[f"{split}_dataloader"]["dataset"]
+            ds.type = "CityscapesDataset"  # the real 19 classes
+            ds.data_prefix = dict(img_path="leftImg8bit/val", seg_map_path="gtFine/val")
+        cfg.model.decode_head.num_classes = 19
+
+    cfg = load_cfg(TINY, tmp_path / "w", _flowssl_checkpoint(tmp_path),
+                   {"train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "param_scheduler.0.end": 2,
+                    "default_hooks.checkpoint.interval": 2, "train_dataloader.batch_size": 1,
+                    **{f"{s}_dataloader.dataset.data_root": str(root) for s in ("train", "val", "test")}},
+                   modify=real)
+    runner = run_train(cfg)
+    assert (Path(cfg.work_dir) / "iter_2.pth").is_file()
+    assert runner.model.decode_head.conv_seg.out_channels == 19
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth does not exist"):
+        load_cfg(TINY, tmp_path, str(tmp_path / "nope.pth"))
+
+
+class _Foreign:
+    """A class no mmengine checkpoint contains."""
+
+
+def test_resume_and_the_guarded_checkpoint_loader(tmp_path, synthetic_root):
+    from mmseg_plugin.checkpoint import load_local_checkpoint
+
+    run_train(_cfg(tmp_path, synthetic_root, iters=2))
+    cfg = _cfg(tmp_path, synthetic_root, iters=4)
+    runner = run_train(cfg, resume=True)  # mmengine's own checkpoint, loaded under torch's weights_only default
+    assert runner.iter == 4 and (Path(cfg.work_dir) / "iter_4.pth").is_file()
+    torch.save({"state_dict": {}, "evil": _Foreign()}, tmp_path / "foreign.pth")
+    with pytest.raises(RuntimeError, match="refusing to unpickle"):
+        load_local_checkpoint(str(tmp_path / "foreign.pth"), "cpu")

@@ -1,0 +1,41 @@
+"""Train a segmentation readout — MMSegmentation's tools/train.py, plus ``--checkpoint``.
+
+    python tools/mmseg_train.py configs/mmseg/deeplabv1_flowssl-r50-frozen_4xb2-40k_cityscapes-512x1024.py \
+        --checkpoint work_dirs/flowe/iter_0060000.pth --work-dir work_dirs/readout
+    torchrun --nproc_per_node=4 tools/mmseg_train.py CONFIG --launcher pytorch --checkpoint CKPT
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from mmseg_plugin.runner import load_cfg, run_train  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Train a segmentor (flowssl readout)")
+    p.add_argument("config")
+    p.add_argument("--work-dir")
+    p.add_argument("--checkpoint", help="flowssl pretraining checkpoint (or a converted mmseg file) for the backbone")
+    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in the work dir")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction)
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = p.parse_args()
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    try:
+        cfg = load_cfg(args.config, args.work_dir, args.checkpoint, args.cfg_options, args.launcher)
+    except FileNotFoundError as exc:
+        print(f"mmseg_train: error: {exc}", file=sys.stderr)
+        return 2
+    run_train(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

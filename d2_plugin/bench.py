@@ -36,9 +36,14 @@ def faster_rcnn_c4_step(frozen: bool, arch: str, size: tuple[int, int], device: 
         inst.gt_classes = torch.randint(0, 8, (4,), generator=g)
         batch.append({"image": torch.randint(0, 255, (3, h, w), generator=g).float(), "instances": inst})
 
+    from detectron2.utils.events import EventStorage
+
+    storage = EventStorage(0)  # detectron2's losses log through an event storage
+
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        sum(model(batch).values()).backward()
-        opt.step()
+        with storage:
+            opt.zero_grad(set_to_none=True)
+            sum(model(batch).values()).backward()
+            opt.step()
 
     return step

@@ -64,3 +64,15 @@ def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = True) 
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def torchvision_weights_file(url: str, what: str, option: str, hint: str = "") -> Path:
+    """The local file of torchvision weights at ``url`` (torch hub's cache), or an error that says how
+    to get it offline. Nothing is downloaded: the run must not depend on the network."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not cached.is_file():
+        raise FileNotFoundError(
+            f"{what} weights are not available offline: no checkpoint was given and {cached} does not exist. "
+            f"Download {url} on a machine with internet, then pass {option}=/path/to/{cached.name} "
+            f"(or copy it to {cached.parent}){hint}.")
+    return cached

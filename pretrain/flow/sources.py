@@ -13,7 +13,6 @@ can be found by forward–backward consistency (or is given exactly, for ground 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from mmengine.registry import Registry
 from torch import nn
 
+from ..fileio import torchvision_weights_file
 from .io import read_flow_png
 from .warp import forward_backward_occlusion
 
@@ -129,14 +129,8 @@ class RAFTFlow(FlowSource):
 
         weights = getattr(optical_flow, RAFT_WEIGHTS[size]).DEFAULT
         if checkpoint is None:
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-            if not cached.is_file():
-                raise FileNotFoundError(
-                    f"RAFT-{size} weights are not available offline: no checkpoint was given and "
-                    f"{cached} does not exist. Download {weights.url} on a machine with internet, then "
-                    f"pass flow.checkpoint=/path/to/{cached.name} (or copy it to {cached.parent}); "
-                    "or use flow=dict(type='dis'), which needs no weights.")
-            checkpoint = str(cached)
+            checkpoint = str(torchvision_weights_file(weights.url, f"RAFT-{size}", "flow.checkpoint",
+                                                      "; or use flow=dict(type='dis'), which needs no weights"))
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"RAFT checkpoint {path} does not exist")

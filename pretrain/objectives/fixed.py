@@ -4,12 +4,12 @@ projection) and Table 2's "Supervised ImageNet" (torchvision's ResNet-50 weights
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import torchvision_weights_file
 from ..registry import OBJECTIVES
 from .base import Objective
 
@@ -47,13 +47,7 @@ class ImageNetSupervised(FixedEncoder):
             raise KeyError(f"torchvision has no ImageNet weights for '{arch}'; use resnet50 or resnet101")
         w = table[arch][weights]
         if checkpoint is None:
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
-            if not cached.is_file():
-                raise FileNotFoundError(
-                    f"ImageNet weights for {arch} are not available offline: {cached} does not exist. Download "
-                    f"{w.url} on a machine with internet and pass model.checkpoint=/path/to/{cached.name} "
-                    f"(or copy it to {cached.parent}).")
-            checkpoint = str(cached)
+            checkpoint = str(torchvision_weights_file(w.url, f"ImageNet {arch}", "model.checkpoint"))
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"ImageNet checkpoint {checkpoint} does not exist")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -150,6 +150,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tables(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tables", help="readout results next to the FlowE paper's tables")
+    p.add_argument("results", help="RESULTS/<method>/<dataset>/<readout>[/<seed>]/results.json tree")
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    p.set_defaults(func=cmd_tables)
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from .tables import render
+
+    print(render(args.results, args.format), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_flow(sub)
     _add_convert(sub)
+    _add_tables(sub)
     return parser
 
 

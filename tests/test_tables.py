@@ -1,0 +1,41 @@
+import csv
+import io
+import json
+
+from pretrain.cli import main
+from pretrain.tables import PUBLISHED, render
+
+
+def _write(root, method, dataset, readout, seed, metrics):
+    d = root / method / dataset / readout / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"metrics": metrics}))
+
+
+def test_tables_put_our_numbers_next_to_the_paper(tmp_path, capsys):
+    _write(tmp_path, "flowe", "bdd100k", "deeplabv1", 0, {"mIoU": 30.0, "aAcc": 90.0})
+    _write(tmp_path, "flowe", "bdd100k", "deeplabv1", 1, {"mIoU": 34.0})
+    _write(tmp_path, "flowe", "bdd100k", "c4", 0, {"bbox": {"AP": 4.0, "AP50": 9.0}})
+    _write(tmp_path, "rand_init", "synthetic", "deeplabv1", 0, {"mIoU": 12.5})
+    md = render(tmp_path, "md")
+    assert "| bdd100k | flowe | 32.0 ± 2.8 | 4.0 | – | – |" in md
+    assert "| bdd100k | flowe (paper) | 37.6 | 5.8 | 49.8 | 24.9 |" in md
+    assert "| bdd100k | flowe (ours − paper) | -5.6 | -1.8 | – | – |" in md
+    assert "| synthetic | rand_init | 12.5 | – | – | – |" in md
+    assert "no results.json under flowe/bdd100k/deeplabv3/" in md
+    rows = list(csv.reader(io.StringIO(render(tmp_path, "csv"))))
+    assert rows[0] == ["dataset", "method", "mIoU", "mAP", "mIoU†", "mAP†"] and len(rows) == 1 + 3 + 1
+    assert "\\begin{tabular}" in render(tmp_path, "latex")
+    assert main(["tables", str(tmp_path), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("dataset,method")
+
+
+def test_published_numbers_are_table1_values():
+    assert PUBLISHED["bdd100k"]["byol_crop_video"] == (8.2, 0.0, 10.7, 2.1)
+    assert PUBLISHED["urbancity"]["flowe"] == (49.6, 5.8, 61.7, 19.0)
+    assert PUBLISHED["cityscapes"]["imagenet_supervised"] == (43.8, 6.1, 59.9, 25.3)
+
+
+def test_missing_results_folder(tmp_path, capsys):
+    assert main(["tables", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -164,6 +164,38 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("show", help="pictures: flow of a pair, dense embeddings, readout predictions")
+    ssub = p.add_subparsers(dest="show_command", required=True)
+    pair = ssub.add_parser("pair", help="frames, flow, occlusion and warped-frame error")
+    pair.add_argument("frame1")
+    pair.add_argument("frame2")
+    pair.add_argument("--out", required=True)
+    pair.add_argument("--source", default="dis")
+    pair.add_argument("--checkpoint")
+    pair.set_defaults(func=cmd_flow_show)
+    emb = ssub.add_parser("embeddings", help="encoder features projected to RGB (PCA or random)")
+    emb.add_argument("checkpoint")
+    emb.add_argument("image")
+    emb.add_argument("--out", required=True)
+    emb.add_argument("--projection", default="pca", choices=("pca", "random"))
+    emb.add_argument("--stage", default="layer4", choices=("stem", "layer1", "layer2", "layer3", "layer4"))
+    emb.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_embeddings(
+        a.checkpoint, a.image, a.out, a.projection, a.stage)))
+    pred = ssub.add_parser("predictions", help="an mmseg readout's prediction over an image")
+    pred.add_argument("config")
+    pred.add_argument("readout_checkpoint")
+    pred.add_argument("image")
+    pred.add_argument("--out", required=True)
+    pred.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_predictions(
+        a.config, a.readout_checkpoint, a.image, a.out)))
+
+
+def _print(path: Path) -> int:
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow(sub)
     _add_convert(sub)
     _add_tables(sub)
+    _add_show(sub)
     return parser
 
 

@@ -1,0 +1,43 @@
+import cv2
+import pytest
+import torch
+
+from pretrain.cli import main
+from pretrain.data.synthetic import write_cityscapes_layout
+from pretrain.models import ResNetEncoder
+from pretrain.show import project_to_rgb
+
+from .conftest import REPO
+
+
+def test_pca_projection_separates_regions():
+    feats = torch.zeros(16, 8, 8)
+    feats[:, :, :4] = torch.randn(16, 1, 1)
+    feats[:, :, 4:] = torch.randn(16, 1, 1)
+    rgb = project_to_rgb(feats, "pca")
+    assert rgb.shape == (3, 8, 8) and 0 <= rgb.min() and rgb.max() <= 1
+    assert torch.allclose(rgb[:, :, 0], rgb[:, :, 3]) and not torch.allclose(rgb[:, 0, 0], rgb[:, 0, 7])
+    assert project_to_rgb(feats, "random").shape == (3, 8, 8)
+
+
+def test_show_embeddings_and_predictions(tmp_path, capsys):
+    root = write_cityscapes_layout(tmp_path / "syn", videos={"train": 1, "val": 1}, frames_per_video=2)
+    image = next((root / "leftImg8bit" / "val").rglob("*.png"))
+    enc = ResNetEncoder("resnet14", 8)
+    torch.save({"encoder": enc.state_dict(), "meta": {"method": "rand_init", **enc.meta}}, tmp_path / "c.pth")
+    assert main(["show", "embeddings", str(tmp_path / "c.pth"), str(image), "--out", str(tmp_path / "e.png")]) == 0
+    assert cv2.imread(str(tmp_path / "e.png")).shape == (128, 512, 3)
+    assert main(["show", "embeddings", str(tmp_path / "nope.pth"), str(image), "--out", str(tmp_path / "x.png")]) == 2
+
+    pytest.importorskip("mmseg")
+    from mmseg_plugin.runner import load_cfg, run_train
+
+    config = REPO / "configs/mmseg/deeplabv1_flowssl-r14-frozen_1xb4-300_synthetic-64x128.py"
+    opts = {"train_cfg.max_iters": 1, "train_cfg.val_interval": 1, "param_scheduler.0.end": 1,
+            "default_hooks.checkpoint.interval": 1,
+            **{f"{s}_dataloader.dataset.data_root": str(root) for s in ("train", "val", "test")}}
+    cfg = load_cfg(config, tmp_path / "w", str(tmp_path / "c.pth"), opts)
+    run_train(cfg)
+    assert main(["show", "predictions", str(config), str(tmp_path / "w" / "iter_1.pth"), str(image),
+                 "--out", str(tmp_path / "p.png")]) == 0
+    assert cv2.imread(str(tmp_path / "p.png")).shape == (128, 512, 3)

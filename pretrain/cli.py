@@ -196,6 +196,28 @@ def _print(path: Path) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a plan: checkpoints × readouts × datasets, then the tables")
+    p.add_argument("plan", nargs="?", help="plan file (configs/bench/*.py)")
+    p.add_argument("--preset", choices=("tiny",), help="tiny: the CPU reproduction on the synthetic video")
+    p.add_argument("--work-dir", help="default: work_dirs/bench_<plan name>")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
+    p.add_argument("--print-commands", action="store_true", help="print pretraining commands for a cluster")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import PRESETS, Bench
+
+    if not args.plan and not args.preset:
+        raise ConfigError("give a plan file or --preset tiny")
+    plan = PRESETS[args.preset] if args.preset else Path(args.plan)
+    work = args.work_dir or str(Path("work_dirs") / f"bench_{Path(plan).stem}")
+    table = Bench(plan, work, args.seeds, args.print_commands).run()
+    print(table, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowssl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_tables(sub)
     _add_show(sub)
+    _add_bench(sub)
     return parser
 
 

@@ -1,0 +1,142 @@
+"""``flowssl bench PLAN``: pretrain (or take) checkpoints, convert each once, run every readout, skip
+what already finished, record status, and print the tables.
+
+Layout under the work dir: ``pretrain/<method>/seed<k>/``, ``converted/<method>/seed<k>.{pkl,pth}``,
+``results/<method>/<dataset>/<readout>/seed<k>/results.json`` (what ``flowssl tables`` reads),
+``status.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+
+from .config import REPO_ROOT, load_config
+from .convert import convert
+from .fileio import write_text_atomic
+
+PRESETS = {"tiny": REPO_ROOT / "configs" / "bench" / "tiny.py"}
+
+
+class Bench:
+    def __init__(self, plan: str | Path, work_dir: str | Path, seeds: list[int] | None = None,
+                 print_commands: bool = False) -> None:
+        if not Path(plan).is_file():
+            raise FileNotFoundError(f"plan {plan} does not exist (presets: {sorted(PRESETS)})")
+        self.plan = Config.fromfile(str(plan))
+        for key in ("methods", "readouts", "seeds"):
+            if key not in self.plan:
+                raise KeyError(f"plan {plan} lacks '{key}'")
+        self.work = Path(work_dir)
+        self.seeds = seeds if seeds is not None else list(self.plan.seeds)
+        self.print_only = print_commands
+        self.status_path = self.work / "status.json"
+        self.status: dict[str, Any] = json.loads(self.status_path.read_text()) if self.status_path.is_file() else {}
+
+    def _record(self, key: str, state: str, **info: Any) -> None:
+        self.status[key] = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
+        write_text_atomic(json.dumps(self.status, indent=2), self.status_path)
+
+    def _path(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    # -- stages ---------------------------------------------------------------------------------
+    def synthetic_root(self) -> Path | None:
+        spec = self.plan.get("synthetic")
+        if not spec:
+            return None
+        root = self.work / "data" / "synthetic_cityscapes"
+        if not root.exists():
+            from .data.synthetic import write_cityscapes_layout
+
+            write_cityscapes_layout(root, seed=0, videos=dict(spec["videos"]),
+                                    frames_per_video=spec["frames_per_video"])
+        return root
+
+    def pretrain(self, method: str, seed: int) -> Path | str:
+        if method in self.plan.get("checkpoints", {}):
+            return self._path(self.plan.checkpoints[method])
+        config = self._path(self.plan.methods[method])
+        work = self.work / "pretrain" / method / f"seed{seed}"
+        options = {**dict(self.plan.get("pretrain_options", {})), "seed": seed}
+        if self.print_only:
+            opts = " ".join(f"{k}={v}" for k, v in options.items())
+            return f"flowssl pretrain {shlex.quote(str(config))} --work-dir {work} --resume --cfg-options {opts}"
+        from .api import Trainer
+
+        key = f"pretrain/{method}/seed{seed}"
+        t0 = time.perf_counter()
+        ckpt = Trainer(load_config(config, options), work, resume=True).train()
+        self._record(key, "done", checkpoint=str(ckpt), seconds=round(time.perf_counter() - t0, 1))
+        return ckpt
+
+    def readout(self, method: str, seed: int, ckpt: Path, spec: dict[str, Any], synthetic: Path | None) -> str:
+        out = self.work / "results" / method / spec["dataset"] / spec["name"] / f"seed{seed}" / "results.json"
+        key = str(out.parent.relative_to(self.work))
+        if out.is_file():
+            return "skipped (done)"
+        framework = spec["framework"]
+        if framework == "d2" and importlib.util.find_spec("detectron2") is None:
+            self._record(key, "skipped", reason="detectron2 is not installed")
+            return "skipped (detectron2 not installed)"
+        target = "mmseg" if framework == "mmseg" else "detectron2"
+        conv = self.work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
+        if not conv.is_file():
+            convert(ckpt, target, conv)
+        config = self._path(spec["config"])
+        work = out.parent
+        t0 = time.perf_counter()
+        try:
+            if framework == "mmseg":
+                from mmseg_plugin.runner import load_cfg, run_test, run_train
+
+                options = {**dict(spec.get("options", {})), "randomness.seed": seed}
+                if synthetic is not None and spec["dataset"] == "synthetic":
+                    options.update({f"{s}_dataloader.dataset.data_root": str(synthetic)
+                                    for s in ("train", "val", "test")})
+                cfg = load_cfg(config, work, str(conv), options)
+                run_train(cfg)
+                last = sorted(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[-1]
+                run_test(load_cfg(config, work, str(conv), options), str(last), out)
+            else:
+                opts = [f"{k} {v}" for k, v in dict(spec.get("options", {})).items()]
+                cmd = [sys.executable, str(REPO_ROOT / "tools" / "d2_train_net.py"), "--config-file", str(config),
+                       *(["--synthetic-root", str(synthetic)] if synthetic else []), "MODEL.WEIGHTS", str(conv),
+                       "OUTPUT_DIR", str(work), "SEED", str(seed), *" ".join(opts).split()]
+                subprocess.run(cmd, check=True)
+        except Exception as exc:  # recorded, the other runs go on
+            self._record(key, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            return f"failed ({type(exc).__name__}: {str(exc)[:200]})"
+        self._record(key, "done", seconds=round(time.perf_counter() - t0, 1))
+        return "done"
+
+    def run(self) -> str:
+        from .tables import render
+
+        synthetic = None if self.print_only else self.synthetic_root()
+        names = list(self.plan.methods) + [m for m in self.plan.get("checkpoints", {}) if m not in self.plan.methods]
+        for seed in self.seeds:
+            for method in names:
+                ckpt = self.pretrain(method, seed)
+                if self.print_only:
+                    print(ckpt)
+                    for spec in self.plan.readouts:
+                        print(f"# then: {spec['framework']} readout {spec['name']} on {spec['dataset']} "
+                              f"({spec['config']}) with the converted checkpoint")
+                    continue
+                for spec in self.plan.readouts:
+                    state = self.readout(method, seed, Path(ckpt), dict(spec), synthetic)
+                    print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']}: {state}", flush=True)
+        if self.print_only:
+            return ""
+        return render(self.work / "results", "md")

@@ -1,0 +1,11 @@
+"""``python tools/run_benchmark.py PLAN`` — same as ``flowssl bench``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pretrain.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

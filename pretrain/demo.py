@@ -16,6 +16,18 @@ DEMO_CONFIGS = {p.name.removesuffix(_SUFFIX): p for p in sorted((CONFIG_DIR / "p
 DEMO_CONFIGS["imagenet_supervised"] = CONFIG_DIR / "pretrain" / "imagenet_supervised_r50.py"
 
 
+def run_table_demo(work_dir: Path) -> str:
+    """The default demo: the tiny benchmark for one seed — Rand Init, BYOL, FlowE and cross-pixel
+    similarity pretrained on the synthetic video with one budget, read out with frozen DeepLab v1."""
+    from .bench import PRESETS, Bench
+
+    print(f"pretraining 4 methods on the synthetic video and reading each out (work dir {work_dir})")
+    table = Bench(PRESETS["tiny"], work_dir, seeds=[0]).run()
+    print(table, end="")
+    print(f"checkpoints: {work_dir / 'pretrain'}/<method>/seed0/; readout results: {work_dir / 'results'}")
+    return table
+
+
 def run_demo(work_dir: Path, iters: int | None = None, method: str = "flowe") -> Path:
     if method not in DEMO_CONFIGS:
         raise KeyError(f"unknown demo method '{method}'; choose one of {sorted(DEMO_CONFIGS)}")

@@ -138,7 +138,7 @@ def test_corrupt_checkpoint_on_resume(capsys, tmp_path):
 
 
 def test_demo_end_to_end_short(tmp_path, capsys):
-    assert main(["demo", "--work-dir", str(tmp_path), "--iters", "3"]) == 0
+    assert main(["demo", "--work-dir", str(tmp_path), "--iters", "3", "--method", "flowe"]) == 0
     out = capsys.readouterr().out
     assert "checkpoint:" in out and (tmp_path / "flowe" / "iter_0000003.pth").is_file()
     assert load_checkpoint(tmp_path / "flowe" / "iter_0000003.pth")["meta"]["method"] == "flowe"

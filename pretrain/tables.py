@@ -134,6 +134,11 @@ def render(results: str | Path, fmt: str = "md") -> str:
         raise ValueError(f"unknown format '{fmt}'; choose md, latex or csv")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    fracs = ("1%", "10%", "100%")
+    lines += ["", "Reference, FlowE Table 6 (UrbanCity mIoU, fine-tuned standard header, by fraction of labels):",
+              "| method | " + " | ".join(fracs) + " |", "|---|" + "---|" * len(fracs)]
+    lines += [f"| {m} (paper) | " + " | ".join(f"{v[f]:.1f}" if f in v else "–" for f in fracs) + " |"
+              for m, v in PUBLISHED_LIMITED_LABELS.items()]
     if notes:
         lines += [""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
     return "\n".join(lines) + "\n"

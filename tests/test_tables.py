@@ -23,6 +23,7 @@ def test_tables_put_our_numbers_next_to_the_paper(tmp_path, capsys):
     assert "| bdd100k | flowe (ours − paper) | -5.6 | -1.8 | – | – |" in md
     assert "| synthetic | rand_init | 12.5 | – | – | – |" in md
     assert "no results.json under flowe/bdd100k/deeplabv3/" in md
+    assert "| flowe (paper) | 59.5 | 64.0 | 68.8 |" in md  # Table 6 reference
     rows = list(csv.reader(io.StringIO(render(tmp_path, "csv"))))
     assert rows[0] == ["dataset", "method", "mIoU", "mAP", "mIoU†", "mAP†"] and len(rows) == 1 + 3 + 1
     assert "\\begin{tabular}" in render(tmp_path, "latex")

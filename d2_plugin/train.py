@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
 
 from . import modeling  # noqa: F401  (registers the backbones and ROI heads)
+from .checkpoint import SafeDetectionCheckpointer
 from .config import add_flowssl_config, apply_checkpoint_hints
 from .datasets import register_flowssl_datasets
 
@@ -39,6 +39,10 @@ def setup(config_file: str, opts: list[str] | None = None, data_root: str | None
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.checkpointer = SafeDetectionCheckpointer.replacing(self.checkpointer)
+
     @classmethod
     def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
         output_folder = output_folder or str(Path(cfg.OUTPUT_DIR) / "inference")
@@ -71,7 +75,7 @@ def write_results(cfg: Any, results: dict[str, Any], out: str | Path | None = No
 
 def evaluate(cfg: Any, weights: str | None = None) -> dict[str, Any]:
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights or cfg.MODEL.WEIGHTS, resume=False)
+    SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights or cfg.MODEL.WEIGHTS, resume=False)
     results = Trainer.test(cfg, model)
     if results:
         verify_results(cfg, results)

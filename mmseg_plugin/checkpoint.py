@@ -1,48 +1,43 @@
-"""Loading mmengine's own checkpoints under torch ≥ 2.6.
+"""Loading mmengine's own checkpoints without unpickling anything but data.
 
-mmengine 0.10.7 calls ``torch.load(filename)``; since torch 2.6 that means ``weights_only=True``,
-which rejects the training state mmengine itself saves (``HistoryBuffer`` with numpy arrays), so
-``--resume`` and ``load_from`` fail. We replace its local-file loader with one that lists the
-file's globals first (``get_unsafe_globals_in_checkpoint`` reads them without executing anything)
-and only unpickles fully when every global is one mmengine/numpy checkpoints are known to use.
-Anything else is refused with a message naming the file and the global.
+mmengine 0.10.7 calls ``torch.load(filename)``. Its checkpoints hold, besides tensors, the training
+log (``HistoryBuffer`` objects with numpy arrays) and numpy scalars, which ``weights_only=True``
+refuses by default, so ``--resume``, ``load_from`` and ``flowssl show predictions`` would fail. We
+replace its local-file loader with ``torch.load(weights_only=True)`` plus an explicit allow-list of
+exactly those data types (:data:`MMENGINE_SAFE_GLOBALS`): no ``getattr``, no ``eval``, no arbitrary
+callable. A file that refers to anything else is refused with a message naming the file and the global;
+it is never loaded with ``weights_only=False``.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
-KNOWN_GLOBALS = {
-    "mmengine.logging.history_buffer.HistoryBuffer", "mmengine.config.config.ConfigDict",
-    "numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct", "numpy._core.multiarray.scalar",
-    "numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar", "builtins.getattr", "collections.OrderedDict",
-}
-KNOWN_PREFIXES = ("numpy.dtypes.",)
+from pretrain.fileio import numpy_safe_globals, safe_torch_load
 
 
-def _allowed(name: str) -> bool:
-    return name in KNOWN_GLOBALS or name.startswith(KNOWN_PREFIXES)
+@cache
+def mmengine_safe_globals() -> tuple[Any, ...]:
+    """The globals an mmengine checkpoint written by mmseg's Runner holds, and nothing more:
+    ``HistoryBuffer`` (the MessageHub's scalar logs, a plain data class holding two numpy arrays)
+    and numpy's arrays, scalars and dtypes."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    return (HistoryBuffer, *numpy_safe_globals())
+
+
+def load_mmengine_checkpoint(filename: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` allowed."""
+    path = Path(filename)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {filename} does not exist")
+    return safe_torch_load(path, mmengine_safe_globals(), map_location)  # CheckpointError is a RuntimeError
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)
 def load_local_checkpoint(filename: str, map_location: Any) -> Any:
-    path = Path(filename)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {filename} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # noqa: BLE001 - fall through to the inspected load below
-        pass
-    try:
-        unknown = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if not _allowed(g)]
-    except Exception as exc:
-        raise RuntimeError(f"checkpoint {filename} cannot be read ({exc}); it is truncated or not a PyTorch "
-                           "file") from exc
-    if unknown:
-        raise RuntimeError(f"checkpoint {filename} references {unknown}, which mmengine checkpoints never do; "
-                           "refusing to unpickle it")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return load_mmengine_checkpoint(filename, map_location)

@@ -20,11 +20,39 @@ from typing import Any
 
 from mmengine.config import Config
 
-from .config import REPO_ROOT, load_config
+from .config import REPO_ROOT, ConfigError, load_config
 from .convert import convert
 from .fileio import write_text_atomic
 
 PRESETS = {"tiny": REPO_ROOT / "configs" / "bench" / "tiny.py"}
+
+
+READOUT_KEYS = ("name", "framework", "config", "dataset")
+
+
+def check_plan(plan: Config, path: Path) -> None:
+    """A plan's shape, checked before any compute is spent; each error names the key to fix."""
+    for key in ("methods", "readouts", "seeds"):
+        if key not in plan:
+            raise ConfigError(f"plan {path} lacks '{key}' (see configs/bench/tiny.py for the layout)")
+    if not isinstance(plan.methods, dict):
+        raise ConfigError(f"plan {path}: 'methods' must be a dict name → pretrain config, "
+                          f"got {type(plan.methods).__name__}")
+    if not isinstance(plan.get("checkpoints", {}), dict):
+        raise ConfigError(f"plan {path}: 'checkpoints' must be a dict name → checkpoint file")
+    if not isinstance(plan.seeds, (list, tuple)) or not all(isinstance(s, int) for s in plan.seeds):
+        raise ConfigError(f"plan {path}: 'seeds' must be a list of integers, got {plan.seeds!r}")
+    if not isinstance(plan.readouts, (list, tuple)):
+        raise ConfigError(f"plan {path}: 'readouts' must be a list of dicts")
+    for i, spec in enumerate(plan.readouts):
+        missing = [k for k in READOUT_KEYS if not isinstance(spec, dict) or k not in spec]
+        if missing:
+            raise ConfigError(f"plan {path}: readouts[{i}] lacks {missing}; each readout needs {list(READOUT_KEYS)}")
+        if spec["framework"] not in ("mmseg", "d2"):
+            raise ConfigError(f"plan {path}: readouts[{i}].framework must be 'mmseg' or 'd2', "
+                              f"got {spec['framework']!r}")
+    if not isinstance(plan.get("pretrain_options", {}), dict):
+        raise ConfigError(f"plan {path}: 'pretrain_options' must be a dict of --cfg-options")
 
 
 class Bench:
@@ -32,10 +60,18 @@ class Bench:
                  print_commands: bool = False) -> None:
         if not Path(plan).is_file():
             raise FileNotFoundError(f"plan {plan} does not exist (presets: {sorted(PRESETS)})")
-        self.plan = Config.fromfile(str(plan))
-        for key in ("methods", "readouts", "seeds"):
-            if key not in self.plan:
-                raise KeyError(f"plan {plan} lacks '{key}'")
+        try:
+            self.plan = Config.fromfile(str(plan))
+        except Exception as exc:
+            last = str(exc).strip().splitlines()[-1:] or [repr(exc)]
+            raise ConfigError(f"plan {plan} cannot be parsed: {last[0]}") from exc
+        check_plan(self.plan, Path(plan))
+        options = dict(self.plan.get("pretrain_options", {}))
+        for method, config in self.plan.methods.items():  # typos in pretrain_options fail now, not hours later
+            try:
+                load_config(self._path(config), {**options, "seed": 0})
+            except ConfigError as exc:
+                raise ConfigError(f"plan {plan}, method '{method}': {exc}") from exc
         self.work = Path(work_dir)
         self.seeds = seeds if seeds is not None else list(self.plan.seeds)
         self.print_only = print_commands
@@ -71,12 +107,12 @@ class Bench:
         options = {**dict(self.plan.get("pretrain_options", {})), "seed": seed}
         if self.print_only:
             opts = " ".join(f"{k}={v}" for k, v in options.items())
-            return f"flowssl pretrain {shlex.quote(str(config))} --work-dir {work} --resume --cfg-options {opts}"
+            return f"flowssl pretrain {shlex.quote(str(config))} --work-dir {work} --resume auto --cfg-options {opts}"
         from .api import Trainer
 
         key = f"pretrain/{method}/seed{seed}"
         t0 = time.perf_counter()
-        ckpt = Trainer(load_config(config, options), work, resume=True).train()
+        ckpt = Trainer(load_config(config, options), work, resume="auto").train()
         self._record(key, "done", checkpoint=str(ckpt), seconds=round(time.perf_counter() - t0, 1))
         return ckpt
 

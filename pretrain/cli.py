@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from mmengine.config import DictAction
@@ -12,16 +14,42 @@ from mmengine.config import DictAction
 from .config import ConfigError
 from .fileio import CheckpointError
 
-# What a user can fix gets one line on stderr and exit code 2, not a traceback.
+# What a user can fix gets one line on stderr and exit code 2, not a traceback (``--debug`` shows it).
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
                ValueError)
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line to print for an error a user can fix, or None for a bug (traceback).
+
+    Covers the flowssl error types, bad data raised inside DataLoader workers (torch re-raises them
+    in the main process with the worker's whole traceback as the message: we keep its last line),
+    and a config key passed to a constructor that does not take it."""
+    from .data.frames import BadDataError
+    from .trainer import DivergenceError
+
+    if isinstance(exc, TypeError):
+        m = re.search(r"(\w+(?:\.__init__)?)\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+        if m is None:
+            return None
+        return (f"config key '{m[2]}' is not an option of {m[1].replace('.__init__', '')}; check the spelling in "
+                "the config or --cfg-options")
+    if not isinstance(exc, (*USER_ERRORS, BadDataError, DivergenceError)):
+        return None
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "Original Traceback" in str(msg):  # raised in a DataLoader worker
+        last = [line for line in str(msg).strip().splitlines() if line.strip()][-1]
+        msg = last.split(": ", 1)[-1] if re.match(r"^[\w.]+(Error|Exception): ", last) else last
+    return str(msg)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder from a config")
     p.add_argument("config", help="config file (path, or relative to configs/)")
     p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the work dir")
+    p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "auto"), default=False,
+                   help="continue from the newest readable checkpoint in the work dir; '--resume auto' starts "
+                        "fresh when there is none (for cluster jobs that are requeued blindly)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
                    help="override config keys, e.g. max_iters=100 optimizer.lr=0.05")
     p.set_defaults(func=cmd_pretrain)
@@ -225,7 +253,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowssl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="flowssl", description=__doc__,
+                                     epilog="--debug (anywhere): show the traceback of a user error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pretrain(sub)
     _add_demo(sub)
@@ -239,18 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: show tracebacks of user errors too
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     from .trainer import TrainingInterrupted
 
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"flowssl: error: {msg}", file=sys.stderr)
-        return 2
     except TrainingInterrupted as exc:
         print(f"flowssl: {exc}; continue with --resume", file=sys.stderr)
         return 128 + exc.signum
+    except Exception as exc:
+        msg = user_error_message(exc)
+        if msg is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"flowssl: error: {msg}", file=sys.stderr)
+        if not debug:
+            print("flowssl: (run again with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

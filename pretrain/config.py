@@ -2,18 +2,69 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
 
 REQUIRED_KEYS = ("model", "data", "optimizer", "batch_size", "max_iters", "checkpoint_interval")
+# Top-level keys the trainer reads with a default (``cfg.get``): legal in --cfg-options even when the
+# config file does not set them. Anything else new at the top level is a typo.
+OPTIONAL_KEYS = ("seed", "deterministic", "device", "amp", "sync_bn", "accum_steps", "global_batch",
+                 "global_batch_rule", "num_workers", "log_interval", "keep_checkpoints", "lr_schedule",
+                 "max_nonfinite_steps", "quiet")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
 class ConfigError(ValueError):
     """A config that cannot be used, with the file and key it concerns."""
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def accepted_kwargs(fn: Callable[..., Any]) -> set[str] | None:
+    """Keyword names ``fn`` (a class or function) accepts, following ``**kwargs`` up a class's MRO;
+    None when anything goes (a ``**kwargs`` that leads nowhere we can see)."""
+    classes = [c for c in fn.__mro__ if "__init__" in vars(c)] if inspect.isclass(fn) else [fn]
+    names: set[str] = set()
+    for c in classes:
+        target = c.__init__ if inspect.isclass(fn) else c
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return None
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], section: str) -> None:
+    """Refuse keys ``fn`` does not take, naming the config section and the close match."""
+    known = accepted_kwargs(fn)
+    if known is None:
+        return
+    for key in kwargs:
+        if key not in known:
+            raise ConfigError(f"config key '{section}.{key}' is not an option of {getattr(fn, '__name__', fn)}"
+                              f"{_did_you_mean(key, known)}; options: {sorted(known)}")
+
+
+def check_options(cfg: Config, options: dict[str, Any], path: Path) -> None:
+    """A top-level --cfg-options key must exist in the config or be a trainer option."""
+    known = set(cfg.keys()) | set(OPTIONAL_KEYS)
+    for key in options:
+        top = key.split(".")[0]
+        if top not in known:
+            raise ConfigError(f"--cfg-options {key}: '{top}' is not a key of {path.name} nor a trainer option"
+                              f"{_did_you_mean(top, known)}")
 
 
 def load_config(path: str | Path, options: dict[str, Any] | None = None) -> Config:
@@ -30,6 +81,7 @@ def load_config(path: str | Path, options: dict[str, Any] | None = None) -> Conf
     except Exception as exc:
         raise ConfigError(f"config file {path} cannot be parsed: {exc}") from exc
     if options:
+        check_options(cfg, options, path)
         cfg.merge_from_dict(options)
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:

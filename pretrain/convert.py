@@ -56,7 +56,7 @@ class Encoder:
 
 # -- reading -----------------------------------------------------------------------------------------
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
+class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles detectron2 weight files (dicts of numpy arrays) and refuses any other global."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -76,7 +76,7 @@ def _read_raw(path: Path) -> tuple[dict[str, Any], bool]:
     if path.suffix == ".pkl":
         try:
             with open(path, "rb") as f:
-                obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+                obj = NumpyOnlyUnpickler(f, encoding="latin1").load()
         except Exception as exc:
             raise CheckpointError(f"{path} is not a readable detectron2 pickle ({exc})") from exc
         if not isinstance(obj, dict):
@@ -187,8 +187,17 @@ def check_complete(enc: Encoder, allow_missing: bool = False) -> list[str]:
 
     if enc.arch not in ARCHS:
         raise CheckpointError(f"unsupported ResNet layout {enc.arch}; supported: {sorted(ARCHS)}")
-    expected = set(ResNetEncoder(enc.arch, 32).state_dict())
+    reference = ResNetEncoder(enc.arch, 32).state_dict()
+    expected = set(reference)
     have = set(enc.state)
+    wrong = [k for k in sorted(have & expected) if tuple(enc.state[k].shape) != tuple(reference[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{len(wrong)} tensor(s) do not have the shapes of a torchvision {enc.arch}, e.g. '{k}' is "
+            f"{list(enc.state[k].shape)}, expected {list(reference[k].shape)}. The keys match but the network does "
+            "not: a ResNeXt (grouped conv2) or Wide ResNet (wider bottlenecks) is not supported by the "
+            "readout backbones; convert a plain ResNet.")
     missing = sorted(k for k in expected - have if not k.endswith("num_batches_tracked"))
     unexpected = sorted(have - expected)
     if unexpected:

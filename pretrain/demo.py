@@ -41,7 +41,7 @@ def run_demo(work_dir: Path, iters: int | None = None, method: str = "flowe") ->
     cfg = load_config(DEMO_CONFIGS[method], options)
     run_dir = work_dir / method
     print(f"[2/2] pretraining {method} ({cfg.model.encoder.arch}, {cfg.max_iters} iterations) in {run_dir}")
-    ckpt = Trainer(cfg, run_dir, resume=True).train()
+    ckpt = Trainer(cfg, run_dir, resume="auto").train()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     if rows:
         print(f"loss {rows[0]['loss']:.4f} (iteration {rows[0]['iteration']}) → "

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+TEMP_MARK = ".tmp-"  # every temp file of atomic_path is ".{name}.tmp-XXXX{suffix}"
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def current_umask() -> int:
+    """The process umask (read without a window where it is changed, where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -21,7 +39,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # keep the real suffix last: writers such as cv2.imwrite pick the format from it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=path.suffix, dir=path.parent)
+    # mkstemp makes 0600 files; outputs are shared (a cluster's group, a readout job of another user),
+    # so give them the mode any ordinary file of this user gets: 0666 minus the umask.
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -44,23 +65,68 @@ def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def remove_stale_temps(folder: str | os.PathLike[str], name_glob: str = "*") -> list[Path]:
+    """Delete temp files that killed writers of :func:`atomic_path` left in ``folder`` (only the
+    ``.{name}.tmp-*`` files of names matching ``name_glob``); returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(f".{name_glob}{TEMP_MARK}*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated or not the expected layout."""
+    """A checkpoint that is missing, truncated, unsafe or not the expected layout."""
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = True) -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code, or say clearly why it cannot be used."""
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+@functools.cache
+def numpy_safe_globals() -> tuple[Any, ...]:
+    """numpy arrays, scalars and dtypes as data: ``_reconstruct``/``scalar`` rebuild an array or a
+    scalar from a shape, a dtype and bytes — they construct data and can call nothing else."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtype_classes = tuple(type(np.dtype(c)) for c in "?bhilqBHILQefdgFDG")
+    return (np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtype_classes)
+
+
+def safe_torch_load(path: str | os.PathLike[str], safe_globals: Iterable[Any] = (), map_location: Any = "cpu",
+                    what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)``: tensors, containers and primitives, plus exactly the
+    data types in ``safe_globals`` (never a function such as ``getattr`` or ``eval``). A file that
+    needs anything else is refused with one message naming it — nothing in it is executed."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes): a write was interrupted. Delete it; "
+                              "an earlier checkpoint (or a fresh run) takes its place.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as exc:  # torch raises many types for truncated/foreign files
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
+        msg = str(exc)
+        if "Unsupported global" in msg or "Unsupported operand" in msg:
+            names = sorted(set(_UNSAFE_GLOBAL.findall(msg))) or ["an unknown global"]
+            raise CheckpointError(
+                f"{what} {path} refers to {', '.join(names)}, which is not a plain data type: refusing to "
+                "unpickle it (it could run code). Only load files from sources you trust; re-save the "
+                "weights as a plain state dict of tensors.") from None
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "it is truncated, corrupt or not a PyTorch file. Delete it to fall back to an earlier "
-            "checkpoint, or start a fresh run in another --work-dir."
-        ) from exc
+            f"{what} {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}); it is truncated, "
+            "corrupt or not a PyTorch file. Delete it to fall back to an earlier checkpoint, or start a "
+            "fresh run in another --work-dir.") from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str], safe_globals: Iterable[Any] = ()) -> dict[str, Any]:
+    """Load a checkpoint without executing pickled code, or say clearly why it cannot be used."""
+    obj = safe_torch_load(path, safe_globals)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj

@@ -69,9 +69,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    from .config import ConfigError, check_kwargs
+
     cfg = dict(cfg)
     kind = cfg.pop("type", "LARS")
     wd = cfg.pop("weight_decay", 0.0)
+    classes = {"LARS": LARS, "SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}
+    if kind not in classes:
+        raise ConfigError(f"unknown optimizer '{kind}'; choose LARS, SGD or AdamW")
+    check_kwargs(classes[kind], {k: v for k, v in cfg.items() if k != "lars_exclude"}, "optimizer")
     groups = param_groups(model, wd)
     if kind == "LARS":
         return LARS(groups, **cfg)

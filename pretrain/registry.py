@@ -14,13 +14,18 @@ OBJECTIVES = Registry("objective")
 DATASETS = Registry("pretrain dataset")
 
 
-def build_from(registry: Registry, cfg: dict[str, Any], what: str, **extra: Any) -> Any:
-    """Build ``cfg['type']`` from ``registry`` with an error that lists what is registered."""
+def build_from(registry: Registry, cfg: dict[str, Any], what: str, section: str | None = None,
+               **extra: Any) -> Any:
+    """Build ``cfg['type']`` from ``registry`` with an error that lists what is registered; keys the
+    class does not take are refused with the close match (``section`` names the config key)."""
+    from .config import check_kwargs
+
     if "type" not in cfg:
         raise KeyError(f"the {what} config has no 'type' key; choose one of {sorted(registry.module_dict)}")
     name = cfg["type"]
     if registry.get(name) is None:
         raise KeyError(f"unknown {what} '{name}'; registered: {sorted(registry.module_dict)}")
     args = {k: v for k, v in cfg.items() if k != "type"}
+    check_kwargs(registry.get(name), args, section or what)
     args.update(extra)
     return registry.get(name)(**args)

@@ -63,7 +63,11 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
     table: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(root.rglob("results.json")):
+    files = sorted(root.rglob("results.json"))
+    if not files:
+        raise FileNotFoundError(f"no results.json under {root}: expected <method>/<dataset>/<readout>[/seed<k>]/"
+                                "results.json, as 'flowssl bench' or tools/mmseg_test.py write them")
+    for path in files:
         parts = path.relative_to(root).parts
         if len(parts) < 4:
             continue
@@ -72,9 +76,13 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]
         if column is None:
             continue
         try:
-            value = result_value(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); rerun that readout") from exc
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); rerun that readout or delete the file") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+            raise ValueError(f"{path} is not a readout result (expected an object with 'metrics'); "
+                             "rerun that readout or delete the file")
+        value = result_value(data)
         if value is not None:
             table[(dataset, method)][column].append(value)
     return table

@@ -22,15 +22,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import dist as fdist
+from .config import ConfigError
 from .data.augment import IMAGENET_MEAN, IMAGENET_STD
 from .data.datasets import IterationBatchSampler
-from .fileio import CheckpointError, load_checkpoint, save_atomic, write_text_atomic
+from .fileio import CheckpointError, load_checkpoint, remove_stale_temps, save_atomic, write_text_atomic
 from .optim import build_optimizer, cosine_lr_factor
 from .registry import DATASETS, OBJECTIVES, build_from
 
 log = logging.getLogger("flowssl")
 CHECKPOINT_FORMAT = "flowssl-pretrain/1"
 _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
+
+
+RESUME_MODES = ("latest", "auto")
+BATCH_RULES = ("accumulate", "linear_lr", "sqrt_lr")
+
+
+class DivergenceError(RuntimeError):
+    """Non-finite loss, gradients or weights that skipping steps did not cure."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -65,6 +74,45 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a cluster's SIGTERM (or a terminal's SIGINT) goes to the whole
+    process group; workers must outlive it so the main process can save the current iteration and
+    shut them down itself. (torch's own worker handler makes SIGTERM from anyone but the parent fatal.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def batch_plan(global_batch: int | None, batch_size: int, world: int, accum_steps: int = 1,
+               rule: str = "accumulate") -> tuple[int, float]:
+    """(gradient-accumulation steps, lr factor) that give the config's global batch at any GPU count.
+
+    ``accumulate`` (default): accumulate ``global_batch / (world × batch_size)`` micro-batches, so the
+    optimiser sees exactly the paper's batch and lr. ``linear_lr`` / ``sqrt_lr``: keep
+    ``world × batch_size × accum_steps`` and scale the lr by (that / global_batch) or its square root.
+    Without ``global_batch`` the batch is whatever ``world × batch_size × accum_steps`` is.
+    """
+    if rule not in BATCH_RULES:
+        raise ConfigError(f"global_batch_rule must be one of {BATCH_RULES}, got {rule!r}")
+    if global_batch is None:
+        return accum_steps, 1.0
+    if not isinstance(global_batch, int) or global_batch <= 0:
+        raise ConfigError(f"global_batch must be a positive integer, got {global_batch!r}")
+    per_step = world * batch_size
+    if rule != "accumulate":
+        effective = per_step * accum_steps
+        ratio = effective / global_batch
+        return accum_steps, ratio if rule == "linear_lr" else ratio**0.5
+    if accum_steps != 1:
+        raise ConfigError(f"set either global_batch ({global_batch}) or accum_steps ({accum_steps}), not both: "
+                          "with global_batch the accumulation is derived from the number of processes")
+    if global_batch % per_step:
+        raise ConfigError(
+            f"global_batch {global_batch} is not a multiple of batch_size {batch_size} × {world} process(es) "
+            f"= {per_step}; change batch_size (per GPU) or the number of GPUs, or set "
+            "global_batch_rule='linear_lr' to scale the lr instead")
+    return global_batch // per_step, 1.0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -88,17 +136,31 @@ def prepare_work_dir(work_dir: str | Path) -> Path:
 class Trainer:
     """Builds objective, data and optimiser from a config and runs ``max_iters`` iterations."""
 
-    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str = False) -> None:
+        """``resume``: False (fresh), True/``'latest'`` (the newest readable checkpoint must exist) or
+        ``'auto'`` (resume if there is one, else start fresh: what a requeued cluster job wants)."""
         self.cfg = cfg
+        if resume is True:
+            resume = "latest"
+        if resume and resume not in RESUME_MODES:
+            raise ConfigError(f"--resume takes {' or '.join(RESUME_MODES)}, got {resume!r}")
         self.rank, self.local_rank, self.world = fdist.init_distributed()
         self.is_main = self.rank == 0
         self.work_dir = prepare_work_dir(work_dir) if self.is_main else Path(work_dir)
+        if self.is_main:
+            stale = remove_stale_temps(self.work_dir)
+            if stale:
+                log.warning("removed %d temp file(s) left by interrupted writes in %s", len(stale), self.work_dir)
         fdist.barrier()
         self.max_iters: int = cfg.max_iters
         self.interval: int = cfg.checkpoint_interval
         self.batch_size: int = cfg.batch_size
-        self.accum: int = cfg.get("accum_steps", 1)
+        self.accum, lr_factor = batch_plan(cfg.get("global_batch"), self.batch_size, self.world,
+                                           cfg.get("accum_steps", 1), cfg.get("global_batch_rule", "accumulate"))
         self.seed: int = cfg.get("seed", 0)
+        self.max_nonfinite: int = cfg.get("max_nonfinite_steps", 5)
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
 
         use_cuda = torch.cuda.is_available() and cfg.get("device", "auto") != "cpu"
         self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
@@ -108,7 +170,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed_everything(self.seed)  # same init on every rank; DDP also broadcasts rank 0's
 
-        self.objective: nn.Module = build_from(OBJECTIVES, dict(cfg.model), "objective")
+        self.objective: nn.Module = build_from(OBJECTIVES, dict(cfg.model), "objective", "model")
         if cfg.get("sync_bn", False) and self.world > 1:
             self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
         self.objective.to(self.device)
@@ -120,16 +182,23 @@ class Trainer:
         if not self.trainable:  # Rand Init / ImageNet: one checkpoint at iteration 0, nothing to optimise
             self.max_iters = 0
         self.optimizer = build_optimizer(self.objective, dict(cfg.optimizer))
+        for group in self.optimizer.param_groups:
+            group["lr"] *= lr_factor
         sched = dict(cfg.get("lr_schedule", {}))
         warmup, min_factor = sched.get("warmup_iters", 0), sched.get("min_lr_factor", 0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr_factor(s, self.max_iters, warmup, min_factor))
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling
-        self.dataset = build_from(DATASETS, dict(cfg.data), "dataset", seed=self.seed)
+        self.dataset = build_from(DATASETS, dict(cfg.data), "dataset", "data", seed=self.seed)
         self.iteration = 0
         self._stop_signal: int | None = None
         if resume:
-            self._resume()
+            self._resume(resume)
+        if self.is_main and self.trainable:
+            effective = self.batch_size * self.world * self.accum
+            log.info("effective batch %d = %d per process × %d process(es) × %d accumulation step(s); lr %.4g%s",
+                     effective, self.batch_size, self.world, self.accum, self.optimizer.param_groups[0]["lr"],
+                     f" (scaled ×{lr_factor:.4g} by {cfg.get('global_batch_rule')})" if lr_factor != 1 else "")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -142,8 +211,18 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
         }
 
+    def check_finite_weights(self) -> None:
+        """Never write a checkpoint every resume would fail from."""
+        bad = [k for k, v in self.objective.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise DivergenceError(
+                f"the weights hold NaN/Inf at iteration {self.iteration} ({len(bad)} tensor(s), e.g. {bad[0]}); "
+                "no checkpoint was written. Resume from the last checkpoint with a lower optimizer.lr")
+
     def save_checkpoint(self) -> Path:
         path = self.work_dir / f"iter_{self.iteration:07d}.pth"
+        self.check_finite_weights()
         if self.is_main:
             state = {
                 "encoder": self.objective.encoder.state_dict(),
@@ -162,14 +241,33 @@ class Trainer:
         fdist.barrier()
         return path
 
-    def _resume(self) -> None:
+    def _newest_readable(self, mode: str) -> tuple[Path, dict[str, Any]] | None:
+        """The newest checkpoint that loads; unreadable newer ones (a zero-byte file after a kill,
+        a truncated copy) are skipped with a warning that names them."""
         found = checkpoints_in(self.work_dir)
-        if not found:
-            if self.is_main:
-                log.warning("--resume: no checkpoint in %s, starting from iteration 0", self.work_dir)
+        unreadable = []
+        for _, path in reversed(found):
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as exc:
+                unreadable.append(path.name)
+                if self.is_main:
+                    log.warning("--resume: skipping unreadable checkpoint: %s", exc)
+        if unreadable:
+            raise CheckpointError(f"--resume: no checkpoint in {self.work_dir} can be read ({', '.join(unreadable)}); "
+                                  "delete them to start fresh, or use another --work-dir")
+        if mode == "latest":
+            raise CheckpointError(f"--resume: {self.work_dir} holds no iter_*.pth checkpoint; drop --resume to "
+                                  "start fresh, or use '--resume auto' (resume if there is one, else start)")
+        if self.is_main:
+            log.info("--resume auto: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
+        return None
+
+    def _resume(self, mode: str) -> None:
+        newest = self._newest_readable(mode)
+        if newest is None:
             return
-        path = found[-1][1]
-        ckpt = load_checkpoint(path)
+        path, ckpt = newest
         for key in ("model", "optimizer", "scheduler", "iteration", "meta"):
             if key not in ckpt:
                 raise CheckpointError(f"checkpoint {path} has no '{key}' entry; it is not a flowssl "
@@ -191,6 +289,22 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         if self.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
+            self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics rows past the resumed iteration (they are about to be recomputed)."""
+        path = self.work_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if isinstance(row, dict) and row.get("iteration", 0) <= self.iteration:
+                keep.append(line)
+        write_text_atomic("".join(f"{line}\n" for line in keep), path)
 
     # -- loop -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -211,11 +325,15 @@ class Trainer:
         workers = self.cfg.get("num_workers", 0)
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          prefetch_factor=2 if workers else None)
+                          prefetch_factor=2 if workers else None,
+                          worker_init_fn=_ignore_stop_signals if workers else None)
 
     def _step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        # BN statistics move in the forward pass: keep a copy so a skipped step leaves no NaN behind
+        buffers = [b for b in self.objective.buffers() if b.is_floating_point()]
+        saved = [b.clone() for b in buffers]
         logs: dict[str, float] = {}
         for m, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -232,14 +350,30 @@ class Trainer:
             t = torch.tensor(list(logs.values()), device=self.device, dtype=torch.float64)
             dist.all_reduce(t)
             logs = dict(zip(logs, (t / self.world).tolist(), strict=True))
-        if not np.isfinite(logs["loss"]):
-            raise FloatingPointError(
-                f"loss is {logs['loss']} at iteration {self.iteration}; lower optimizer.lr, check the "
-                "input data (a NaN flow or image) or resume from the last checkpoint")
-        self.optimizer.step()
-        self.scheduler.step()
-        self.iteration += 1
-        logs.update(self.objective.after_step(self.iteration, self.max_iters))
+        grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
+        logs["grad_norm"] = grad_norm
+        if np.isfinite(logs["loss"]) and np.isfinite(grad_norm):
+            self.nonfinite_in_row = 0
+            self.optimizer.step()
+            self.scheduler.step()
+            self.iteration += 1
+            logs.update(self.objective.after_step(self.iteration, self.max_iters))
+        else:  # skip the update, keep the schedule (and the samples) on the iteration count
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            torch._foreach_copy_(buffers, saved)
+            self.optimizer.zero_grad(set_to_none=True)
+            log.warning("iteration %d: non-finite loss %s / gradient norm %s, update skipped (%d in a row, %d in all)",
+                        self.iteration + 1, logs["loss"], grad_norm, self.nonfinite_in_row, self.nonfinite_total)
+            if self.nonfinite_in_row >= self.max_nonfinite:
+                raise DivergenceError(
+                    f"{self.nonfinite_in_row} iterations in a row (up to {self.iteration + 1}) had a non-finite loss "
+                    f"or gradient (max_nonfinite_steps={self.max_nonfinite}); stopped without saving. Lower "
+                    "optimizer.lr, check the input data (a NaN flow or image) and resume from the last checkpoint")
+            self.scheduler.step()
+            self.iteration += 1
+        logs["skipped_steps"] = self.nonfinite_total
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
@@ -260,7 +394,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
                 from tqdm import tqdm
 
-                writer = SummaryWriter(str(self.work_dir / "tensorboard"))
+                # purge_step: a resumed run overwrites the events past its checkpoint, not duplicates them
+                writer = SummaryWriter(str(self.work_dir / "tensorboard"), purge_step=self.iteration + 1)
                 metrics = open(self.work_dir / "metrics.jsonl", "a")  # noqa: SIM115
                 bar = tqdm(total=self.max_iters, initial=self.iteration, desc="pretrain",
                            dynamic_ncols=True, disable=self.cfg.get("quiet", False))

@@ -61,10 +61,11 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_ddp_two_processes_match_one_process_with_same_global_batch(tmp_path):
-    """2 ranks × batch 2 (gloo) vs 1 process × 2 accumulation steps of batch 2: the same samples,
+    """2 ranks × batch 4 (gloo) vs 1 process × 2 accumulation steps of batch 4: the same samples,
     the same per-forward BN batches, the same averaged gradient, so the same weights."""
     # batch 4 per forward: BN over 2 samples is too ill-conditioned to compare float paths
-    small = {**TINY, "max_iters": 3, "checkpoint_interval": 3, "batch_size": 4, "optimizer.lr": 0.05}
+    # global_batch 8: the 2-rank run derives 1 accumulation step, the single process 2
+    small = {**TINY, "max_iters": 3, "checkpoint_interval": 3, "batch_size": 4, "optimizer.lr": 0.05, "global_batch": 8}
     opts = cli_options(small)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,7 +75,8 @@ def test_ddp_two_processes_match_one_process_with_same_global_batch(tmp_path):
                     f"--master_port={port}", "--master_addr=127.0.0.1", str(REPO / "tools" / "train.py"),
                     str(DEMO_CONFIG), "--work-dir", str(tmp_path / "ddp"), "--cfg-options", *opts],
                    check=True, env=env, cwd=REPO, capture_output=True, timeout=600)
-    single = Trainer(load_config(DEMO_CONFIG, {**small, "accum_steps": 2}), tmp_path / "one")
+    single = Trainer(load_config(DEMO_CONFIG, small), tmp_path / "one")
+    assert single.accum == 2
     init = {k: v.clone() for k, v in single.objective.state_dict().items()}
     a = _params(load_checkpoint(single.train()))
     b = _params(load_checkpoint(checkpoints_in(tmp_path / "ddp")[-1][1]))
@@ -125,16 +127,6 @@ def test_unwritable_work_dir(capsys, tmp_path):
     blocker.write_text("x")
     code, err = _cli(capsys, "pretrain", str(DEMO_CONFIG), "--work-dir", str(blocker / "sub"))
     assert code == 2 and "not writable" in err and str(blocker / "sub") in err
-
-
-def test_corrupt_checkpoint_on_resume(capsys, tmp_path):
-    Trainer(load_config(DEMO_CONFIG, {**TINY, "max_iters": 3}), tmp_path).train()
-    ckpt = tmp_path / "iter_0000003.pth"
-    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated, as after a crash of a non-atomic writer
-    code, err = _cli(capsys, "pretrain", str(DEMO_CONFIG), "--work-dir", str(tmp_path), "--resume",
-                     "--cfg-options", *cli_options(TINY))
-    assert code == 2 and "iter_0000003.pth cannot be read" in err
-    assert not list(tmp_path.glob(".*.tmp-*"))
 
 
 def test_demo_end_to_end_short(tmp_path, capsys):

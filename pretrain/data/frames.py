@@ -51,15 +51,16 @@ class BadFileCounter:
     def __init__(self, max_bad_fraction: float) -> None:
         self.max_bad_fraction, self.reads, self.bad = max_bad_fraction, 0, 0
 
-    def record(self, path: Path, ok: bool) -> None:
+    def record(self, path: Path, ok: bool, reason: str = "unreadable file") -> None:
         self.reads += 1
         if ok:
             return
         self.bad += 1
-        log.warning("skipping unreadable file %s (%d bad of %d reads)", path, self.bad, self.reads)
+        log.warning("skipping %s: %s (%d bad of %d reads)", path, reason, self.bad, self.reads)
         if self.reads >= 20 and self.bad / self.reads > self.max_bad_fraction:
-            raise BadDataError(f"{self.bad} of {self.reads} files read were unreadable (last: {path}), "
-                               f"over data.max_bad_fraction={self.max_bad_fraction}; check the dataset")
+            raise BadDataError(f"{self.bad} of {self.reads} files read were bad (last: {path}: {reason}), "
+                               f"over data.max_bad_fraction={self.max_bad_fraction}; fix or remove those files, "
+                               "or raise data.max_bad_fraction")
 
 
 @DATASETS.register_module()

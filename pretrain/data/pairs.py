@@ -33,6 +33,11 @@ log = logging.getLogger("flowssl")
 SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
 
 
+def info_keys(info: dict[str, Any] | None) -> str:
+    keys = (info or {}).get("keys")
+    return f"pair {', '.join(map(str, keys))}" if keys else "this pair"
+
+
 class FramePairs(SeededDataset):
     """Base: subclasses implement :meth:`load_pair`; this class crops, computes flow, makes views."""
 
@@ -77,22 +82,27 @@ class FramePairs(SeededDataset):
         raise BadDataError(f"{type(self).__name__}: 100 consecutive unreadable pairs; check the dataset")
 
     def _scale_and_crop(self, rng: np.random.Generator, img1: torch.Tensor, img2: torch.Tensor,
-                        flow: FlowPair | None) -> tuple[torch.Tensor, torch.Tensor, FlowPair | None]:
+                        flow: FlowPair | None, info: dict[str, Any] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, FlowPair | None]:
         """Resize (e.g. BDD100K → 1080×1920), random scale, then one crop location for both."""
         h, w = img1.shape[-2:]
         base = (self.resize_to[0] / h) if self.resize_to else 1.0
         s = base * rng.uniform(*self.scale_range)
         ch, cw = self.crop_size
         nh, nw = max(ch, round(h * s)), max(cw, round(w * s))
-        sy, sx = nh / h, nw / w
         frames = F.interpolate(torch.stack([img1, img2]), (nh, nw), mode="bilinear", align_corners=False,
                                antialias=True)
         y0, x0 = int(rng.integers(nh - ch + 1)), int(rng.integers(nw - cw + 1))
         crop = (..., slice(y0, y0 + ch), slice(x0, x0 + cw))
-        if flow is not None:  # flow given at the original size: resample and rescale it
+        if flow is not None:  # flow in pixels of its own grid (a cache may hold it at another size)
+            fh, fw = flow.fw.shape[-2:]
+            if abs(fw / fh - w / h) > 0.01 * (w / h):
+                raise ValueError(f"flow of {info_keys(info)} is {fw}×{fh} but the frames are {w}×{h}: another aspect "
+                                 "ratio, so it belongs to other frames; regenerate the flow cache for this dataset")
+
             def tf(f: torch.Tensor) -> torch.Tensor:
                 f = F.interpolate(f[None], (nh, nw), mode="bilinear", align_corners=False)[0]
-                return (f * torch.tensor([sx, sy])[:, None, None])[crop]
+                return (f * torch.tensor([nw / fw, nh / fh])[:, None, None])[crop]  # vectors scale with the grid
 
             def tv(v: torch.Tensor) -> torch.Tensor:
                 return F.interpolate(v[None, None].float(), (nh, nw), mode="nearest")[0, 0][crop] > 0.5
@@ -105,7 +115,7 @@ class FramePairs(SeededDataset):
         flow = None
         if self.flow_source is not None and self.flow_source.needs_full_frames:
             flow = self.flow_source(img1[None], img2[None], info)
-        img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow)
+        img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow, info)
         if self.byol_views is not None:
             return self._byol_sample(rng, img1, img2)
         if self.flow_source is not None and flow is None:
@@ -162,15 +172,18 @@ class SyntheticPairs(FramePairs):
 class _GroupedFrames(FramePairs):
     """Pairs (i, i + interval) inside groups of sorted frames (one group per sequence)."""
 
-    def __init__(self, groups: dict[str, list[Path]], interval: int, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(self, groups: dict[str, list[Path]], interval: int, root: Path, seed: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(seed, **kwargs)
-        self.interval = interval
+        self.interval, self.root = interval, Path(root)
         self.pairs = [(g[i], g[i + interval]) for g in groups.values() for i in range(len(g) - interval)]
         if not self.pairs:
             raise FileNotFoundError(f"{type(self).__name__}: no sequence has two frames {interval} apart")
 
     def pair_key(self, a: Path, b: Path) -> str:
-        return f"{a.parent.name}/{a.stem}__{b.stem}"
+        """The flow-cache key: the folder relative to the data root, so sequences whose leaf folders
+        share a name (KITTI raw's ``.../image_02/data``) never share a flow."""
+        return f"{a.parent.relative_to(self.root).as_posix()}/{a.stem}__{b.stem}"
 
     def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
         a, b = self.pairs[int(rng.integers(len(self.pairs)))]
@@ -180,7 +193,8 @@ class _GroupedFrames(FramePairs):
         if img1 is None or img2 is None:
             return None
         if img1.shape != img2.shape:
-            self.bad.record(b, False)
+            self.bad.record(b, False, f"frames of one pair differ in size: {a.name} is "
+                                      f"{img1.shape[2]}×{img1.shape[1]}, {b.name} is {img2.shape[2]}×{img2.shape[1]}")
             return None
         return img1, img2, {"keys": [self.pair_key(a, b)]}
 
@@ -194,7 +208,7 @@ class FrameFolderPairs(_GroupedFrames):
         groups: dict[str, list[Path]] = defaultdict(list)
         for f in list_images(root):
             groups[str(f.parent)].append(f)
-        super().__init__(groups, interval, seed, **kwargs)
+        super().__init__(groups, interval, Path(root), seed, **kwargs)
 
 
 CITYSCAPES_SEQ = re.compile(r"^(?P<city>[a-z_]+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit\.png$")
@@ -214,7 +228,7 @@ class CityscapesSequencePairs(_GroupedFrames):
                 groups[f"{m['city']}_{m['seq']}"].append(f)
         for g in groups.values():
             g.sort(key=lambda p: int(CITYSCAPES_SEQ.match(p.name)["frame"]))
-        super().__init__(_split_at_gaps(groups), interval, seed, **kwargs)
+        super().__init__(_split_at_gaps(groups), interval, base, seed, **kwargs)
 
 
 def _split_at_gaps(groups: dict[str, list[Path]]) -> dict[str, list[Path]]:

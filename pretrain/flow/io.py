@@ -32,9 +32,16 @@ def read_flo(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise FlowFileError(f"flow file {path} does not exist")
     with open(path, "rb") as f:
-        header = f.read(4)
-    if header != b"PIEH":
-        raise FlowFileError(f"{path} is not a Middlebury .flo file (magic {header!r}, expected b'PIEH')")
+        header = f.read(12)
+    if header[:4] != b"PIEH":
+        raise FlowFileError(f"{path} is not a Middlebury .flo file (magic {header[:4]!r}, expected b'PIEH')")
+    # Check the claimed size against the file before anything is allocated: a corrupt header can
+    # claim gigabytes.
+    width, height = (int(x) for x in np.frombuffer(header[4:12].ljust(8, b"\0"), "<i4"))
+    expected = 12 + 8 * width * height
+    if len(header) < 12 or width <= 0 or height <= 0 or expected != path.stat().st_size:
+        raise FlowFileError(f".flo file {path} claims {width}×{height} flow, which needs {expected} bytes, but the "
+                            f"file has {path.stat().st_size}: the header or the file is corrupt")
     flow = cv2.readOpticalFlow(str(path))
     if flow is None or flow.size == 0:
         raise FlowFileError(f".flo file {path} is truncated or corrupt")

@@ -29,6 +29,8 @@ from .io import read_flow_png
 from .warp import forward_backward_occlusion
 
 FLOW_SOURCES = Registry("flow source")
+# Flow-cache keys are "<frame folder relative to the data root>/<frame1 stem>__<frame2 stem>".
+CACHE_KEY_FORMAT = "relative-path/1"
 
 
 @dataclass
@@ -168,7 +170,12 @@ class PrecomputedFlow(FlowSource):
         meta = self.root / "flow_cache.json"
         if not meta.is_file():
             raise FileNotFoundError(f"{meta} does not exist: fill the cache with 'flowssl flow precompute' first")
-        self.scale = float(json.loads(meta.read_text())["scale"])
+        info = json.loads(meta.read_text())
+        if info.get("key_format") != CACHE_KEY_FORMAT:
+            raise ValueError(f"flow cache {self.root} was written by an older flowssl that keyed pairs by the leaf "
+                             "folder name only (two sequences with the same leaf name shared one flow); fill a new "
+                             "cache with 'flowssl flow precompute'")
+        self.scale = float(info["scale"])
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
         if not info or "keys" not in info:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..data.frames import read_rgb
 from ..fileio import write_text_atomic
 from .io import KITTI_SCALE, write_flow_png
-from .sources import FlowSource
+from .sources import CACHE_KEY_FORMAT, FlowSource
 from .warp import warp
 
 
@@ -23,9 +23,15 @@ def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path,
     skipped, so an interrupted run resumes where it stopped. Returns counts."""
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "flow_cache.json"
-    info = {"scale": scale, "source": type(source).__name__, "format": "16-bit PNG, (I - 2^15)/scale, valid=ch3"}
-    if meta.is_file() and json.loads(meta.read_text())["scale"] != scale:
-        raise ValueError(f"{out} was filled with another scale; use another --out or the same --scale")
+    info = {"scale": scale, "source": type(source).__name__, "format": "16-bit PNG, (I - 2^15)/scale, valid=ch3",
+            "key_format": CACHE_KEY_FORMAT}
+    if meta.is_file():
+        old = json.loads(meta.read_text())
+        if old.get("scale") != scale:
+            raise ValueError(f"{out} was filled with another scale; use another --out or the same --scale")
+        if old.get("key_format") != CACHE_KEY_FORMAT:
+            raise ValueError(f"{out} was filled by an older flowssl whose keys were only the leaf folder name "
+                             "(sequences with the same leaf name shared a flow); use a new --out")
     write_text_atomic(json.dumps(info, indent=2), meta)
     counts = {"done": 0, "skipped": 0, "unreadable": 0}
     source = source.to(device)

@@ -64,6 +64,9 @@ class ResNetEncoder(ResNet):
 
 
 def build_encoder(arch: str = "resnet50", output_stride: int = 8, **kwargs: Any) -> ResNetEncoder:
+    from ..config import check_kwargs
+
+    check_kwargs(ResNetEncoder, {"arch": arch, "output_stride": output_stride, **kwargs}, "model.encoder")
     return ResNetEncoder(arch=arch, output_stride=output_stride, **kwargs)
 
 

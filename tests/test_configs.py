@@ -28,7 +28,8 @@ def test_config_parses_and_names_registered_parts(path):
 def test_paper_protocol(name):
     cfg = load_config(REPO / "configs" / "pretrain" / f"{name}.py")
     assert cfg.optimizer == {"type": "LARS", "lr": 0.1, "weight_decay": 1e-6, "momentum": 0.9}
-    assert cfg.batch_size * 64 == 128 and cfg.model.encoder == {"arch": "resnet50", "output_stride": 8}
+    assert cfg.batch_size * 64 == cfg.global_batch == 128
+    assert cfg.model.encoder == {"arch": "resnet50", "output_stride": 8}
     assert cfg.model.projector == {"hidden_channels": 4096, "out_channels": 256}
     assert tuple(cfg.data.crop_size) == (512, 1024)
     if name.startswith("flowe"):

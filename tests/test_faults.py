@@ -105,6 +105,19 @@ def test_pretrain_resume_never_executes_pickles(evil, tmp_path):
     assert not marker.exists()
 
 
+def test_weight_files_of_imagenet_and_raft_never_execute_pickles(evil):
+    from pretrain.objectives.fixed import ImageNetSupervised
+
+    marker, pth, _ = evil
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        ImageNetSupervised({"arch": "resnet50", "output_stride": 32}, checkpoint=str(pth))
+    from pretrain.flow.sources import build_flow_source
+
+    with pytest.raises((CheckpointError, ValueError), match="refusing|cannot be read"):
+        build_flow_source({"type": "raft", "size": "small", "checkpoint": str(pth)})
+    assert not marker.exists()
+
+
 def test_mmseg_loader_never_executes_pickles(evil, tmp_path):
     pytest.importorskip("mmseg")
     from mmengine.runner.checkpoint import CheckpointLoader

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..fileio import torchvision_weights_file
+from ..fileio import safe_torch_load, torchvision_weights_file
 from ..registry import OBJECTIVES
 from .base import Objective
 
@@ -50,7 +50,11 @@ class ImageNetSupervised(FixedEncoder):
             checkpoint = str(torchvision_weights_file(w.url, f"ImageNet {arch}", "model.checkpoint"))
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"ImageNet checkpoint {checkpoint} does not exist")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = safe_torch_load(checkpoint, what="ImageNet checkpoint")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"{checkpoint} holds a {type(state).__name__}, not a torchvision {arch} state dict")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = self.encoder.load_state_dict(state, strict=False)
         if missing or unexpected:

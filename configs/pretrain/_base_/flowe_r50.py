@@ -12,7 +12,8 @@ model = dict(
     flow=dict(type="raft", size="large", checkpoint=None),  # set checkpoint= a local RAFT file offline
 )
 # §4.2: 64 GPUs × 2 pairs = 128, LARS lr 0.1, wd 1e-6, cosine decay without restarts.
-batch_size = 2
+batch_size = 2            # pairs per GPU
+global_batch = 128        # fewer GPUs accumulate gradients to reach it (trainer: batch_plan)
 optimizer = dict(type="LARS", lr=0.1, weight_decay=1e-6, momentum=0.9)
 sync_bn = True
 checkpoint_interval = 5000

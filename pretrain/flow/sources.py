@@ -7,7 +7,8 @@
 * ``ground_truth`` — the synthetic video's exact flow.
 
 Images are [B,3,H,W] RGB in [0,1]. Every source returns forward *and* backward flow so occlusion
-can be found by forward–backward consistency (or is given exactly, for ground truth).
+can be found by forward–backward consistency (or is given exactly, for ground truth). Flow is fp32
+whatever the autocast state of the caller (:mod:`pretrain.precision`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mmengine.registry import Registry
 from torch import nn
 
 from ..fileio import torchvision_weights_file
+from ..precision import fp32, fp32_geometry
 from .io import read_flow_png
 from .warp import forward_backward_occlusion
 
@@ -41,8 +43,10 @@ class FlowPair:
     valid_bw: torch.Tensor
 
     @classmethod
+    @fp32
     def from_consistency(cls, fw: torch.Tensor, bw: torch.Tensor, alpha1: float = 0.01,
                          alpha2: float = 0.5) -> FlowPair:
+        """The pair with occlusion from forward–backward consistency, in fp32."""
         if not (torch.isfinite(fw).all() and torch.isfinite(bw).all()):
             raise ValueError("the flow source returned NaN/Inf flow; check the input frames")
         return cls(fw, bw, ~forward_backward_occlusion(fw, bw, alpha1, alpha2),
@@ -107,12 +111,16 @@ RAFT_WEIGHTS = {"large": "Raft_Large_Weights", "small": "Raft_Small_Weights"}
 @FLOW_SOURCES.register_module(name="raft")
 class RAFTFlow(FlowSource):
     """torchvision RAFT, frozen and in eval mode (FlowE §3.3). Weights come from ``checkpoint`` (a
-    local file) or torchvision's cache; nothing is downloaded implicitly."""
+    local file) or torchvision's cache; nothing is downloaded implicitly.
+
+    ``amp``: RAFT runs in fp32 even when the objective is under bf16 autocast (its correlation
+    lookup builds pixel coordinates); ``amp=True`` lets it run in bf16 on the training device.
+    """
 
     runs_in_data = False
 
     def __init__(self, size: str = "large", checkpoint: str | None = None, num_flow_updates: int = 12,
-                 **kwargs: float) -> None:
+                 amp: bool = False, **kwargs: float) -> None:
         super().__init__(**kwargs)
         from torchvision.models import optical_flow
 
@@ -121,7 +129,7 @@ class RAFTFlow(FlowSource):
         self.model = getattr(optical_flow, f"raft_{size}")(weights=None, progress=False)
         self.model.load_state_dict(self._state_dict(size, checkpoint))
         self.model.eval().requires_grad_(False)
-        self.num_flow_updates = num_flow_updates
+        self.num_flow_updates, self.amp = num_flow_updates, amp
 
     @staticmethod
     def _state_dict(size: str, checkpoint: str | None) -> dict[str, torch.Tensor]:
@@ -149,10 +157,12 @@ class RAFTFlow(FlowSource):
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
         h, w = img1.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
-        a = F.pad(torch.cat([img1, img2]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
-        b = F.pad(torch.cat([img2, img1]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
-        flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1][..., :h, :w].float()
-        fw, bw = flow.chunk(2)
+        with fp32_geometry():  # the caller's bf16 autocast stops here; amp=True opts RAFT back in
+            a = F.pad(torch.cat([img1, img2]).float() * 2 - 1, (0, pw, 0, ph), mode="replicate")
+            b = F.pad(torch.cat([img2, img1]).float() * 2 - 1, (0, pw, 0, ph), mode="replicate")
+            with torch.autocast(a.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1]
+        fw, bw = flow[..., :h, :w].float().chunk(2)
         return FlowPair.from_consistency(fw, bw, self.alpha1, self.alpha2)
 
 

@@ -1,5 +1,9 @@
 """S3-CNN (Mahendran et al. 2018): a soft segmentation of one image into L regions, supervised by
-how coherently the flow moves inside each region (affine fit, or flow-magnitude entropy)."""
+how coherently the flow moves inside each region (affine fit, or flow-magnitude entropy).
+
+The masks' softmax, the pooled flow, the least squares and the histogram are fp32 whatever the
+autocast state (:mod:`pretrain.precision`).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ class _S3(Objective):
     def regions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Soft masks [B,L,h,w] at feature resolution with the view's flow (in feature pixels)
         average-pooled to the same grid and its validity."""
-        masks = self.segment(self.encoder(batch["view1"])).softmax(1)
-        flow, valid = flow_in_view(batch)
+        masks = self.segment(self.encoder(batch["view1"])).float().softmax(1)
+        flow, valid = flow_in_view(batch)  # fp32
         size = masks.shape[-2:]
         scale = size[-1] / flow.shape[-1]
         flow = F.adaptive_avg_pool2d(flow * valid[:, None], size) / F.adaptive_avg_pool2d(

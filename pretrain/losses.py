@@ -125,20 +125,33 @@ def affine_motion_loss(masks: torch.Tensor, flow: torch.Tensor, valid: torch.Ten
 
 @fp32
 def histogram_entropy_loss(masks: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor | None = None,
-                           bins: int = 16, max_magnitude: float | None = None) -> torch.Tensor:
+                           bins: int = 16, max_magnitude: float | None = None,
+                           range_quantile: float = 0.99) -> torch.Tensor:
     """S3-CNN low-entropy motion loss: a soft (Gaussian-binned) histogram of flow magnitude per soft
     region; the loss is the regions' entropy weighted by their mass, so regions that straddle
-    differently moving things (a spread-out histogram) cost more."""
+    differently moving things (a spread-out histogram) cost more.
+
+    The histogram spans [0, top] per image: ``max_magnitude`` if given (fixed, in the flow's units),
+    else the ``range_quantile`` of that image's *valid* magnitudes; larger magnitudes fall in the
+    last bin. A range set by the batch maximum (invalid pixels included) lets one 200-px outlier
+    squeeze every real motion into the first bins: the entropy gap between a true and a wrong
+    segmentation drops from ln 2 = 0.69 to 0.02 nats.
+    """
     b, n_regions, h, w = masks.shape
     mag = flow.norm(dim=1).flatten(1)                                   # [B,P]
-    top = max_magnitude or float(mag.max().detach().clamp(min=1e-6))
-    centres = torch.linspace(0, top, bins, device=flow.device, dtype=flow.dtype)
+    v = torch.ones_like(mag, dtype=torch.bool) if valid is None else valid.flatten(1).bool()
+    if max_magnitude is not None:
+        top = mag.new_full((b, 1), float(max_magnitude))
+    else:
+        top = torch.nanquantile(mag.detach().masked_fill(~v, float("nan")), range_quantile, dim=1, keepdim=True)
+        top = top.nan_to_num(1.0)                                       # no valid pixel: any range
+    top = top.clamp(min=1e-6)[..., None]                                # [B,1,1]
+    centres = torch.linspace(0, 1, bins, device=flow.device, dtype=mag.dtype) * top  # [B,1,K]
     width = top / (bins - 1)
-    soft = torch.exp(-0.5 * ((mag[..., None] - centres) / width) ** 2)  # [B,P,K]
+    mag = torch.minimum(mag[..., None], top)                            # [B,P,1]
+    soft = torch.exp(-0.5 * ((mag - centres) / width) ** 2)             # [B,P,K]
     soft = soft / soft.sum(-1, keepdim=True)
-    m = masks.flatten(2)
-    if valid is not None:
-        m = m * valid.flatten(1)[:, None].to(m)
+    m = masks.flatten(2) * v[:, None].to(masks.dtype)
     hist = torch.einsum("blp,bpk->blk", m, soft)
     mass = hist.sum(-1, keepdim=True)
     p = hist / mass.clamp(min=1e-8)

@@ -121,6 +121,57 @@ def test_histogram_entropy_loss_prefers_regions_of_one_motion():
     assert histogram_entropy_loss(mixed, flow) - histogram_entropy_loss(true, flow) > 0.9 * math.log(2)
 
 
+def _two_motion_scene():
+    """Magnitude 1 on the left half, 8 on the right; the true 2-region split and a wrong (top/bottom) one."""
+    flow = torch.zeros(1, 2, 24, 32)
+    flow[:, 0, :, :16], flow[:, 0, :, 16:] = 1.0, 8.0
+    true, mixed = torch.zeros(1, 2, 24, 32), torch.zeros(1, 2, 24, 32)
+    true[:, 0, :, :16], true[:, 1, :, 16:] = 1, 1
+    mixed[:, 0, :12], mixed[:, 1, 12:] = 1, 1
+    return flow, true, mixed
+
+
+@pytest.mark.parametrize("outlier_valid", [True, False])
+def test_histogram_entropy_range_is_robust_to_an_outlier(outlier_valid):
+    """One 200-px cell (a flow failure, valid or flagged) must not squeeze 1 px and 8 px into one bin:
+    with the batch maximum as range the true/wrong gap fell from ln 2 to 0.02 nats."""
+    flow, true, mixed = _two_motion_scene()
+    flow[0, :, 3, 5] = torch.tensor([200.0, 0.0])
+    valid = torch.ones(1, 24, 32, dtype=torch.bool)
+    valid[0, 3, 5] = outlier_valid
+    gap = histogram_entropy_loss(mixed, flow, valid) - histogram_entropy_loss(true, flow, valid)
+    assert gap > 0.9 * math.log(2), gap
+    fixed = histogram_entropy_loss(mixed, flow, valid, max_magnitude=10.0) - histogram_entropy_loss(
+        true, flow, valid, max_magnitude=10.0)
+    assert fixed > 0.9 * math.log(2), fixed
+
+
+def test_histogram_entropy_weights_each_region_by_its_mass():
+    """Region A (3/4 of the pixels) mixes two motions, region B (1/4) has one: the loss is
+    ¾·H(A) + ¼·H(B), not the plain mean of the two entropies."""
+    flow = torch.zeros(1, 2, 24, 32)
+    flow[:, 0, :, :12], flow[:, 0, :, 12:24], flow[:, 0, :, 24:] = 1.0, 8.0, 4.0
+    a = torch.zeros(1, 1, 24, 32)
+    a[..., :24] = 1
+    b = 1 - a
+    h_a = histogram_entropy_loss(a, flow, a[:, 0] > 0, max_magnitude=8.0)  # one region: its entropy
+    h_b = histogram_entropy_loss(b, flow, b[:, 0] > 0, max_magnitude=8.0)
+    both = histogram_entropy_loss(torch.cat([a, b], 1), flow, max_magnitude=8.0)
+    assert h_a - h_b > 0.3  # so the ¾/¼ and the ½/½ weightings differ by > 0.07 nats
+    torch.testing.assert_close(both, 0.75 * h_a + 0.25 * h_b)
+
+
+def test_affine_motion_fit_ignores_invalid_pixels():
+    """Garbage flow on 10% of the pixels, flagged invalid, changes neither the fits nor the loss."""
+    flow, truth = _affine_scene()
+    gen = torch.Generator().manual_seed(0)
+    bad = torch.rand(1, 24, 32, generator=gen) < 0.1
+    corrupted = torch.where(bad[:, None], torch.randn(1, 2, 24, 32, generator=gen) * 50, flow)
+    assert affine_motion_loss(truth, corrupted, ~bad) < 1e-3
+    torch.testing.assert_close(affine_motion_loss(truth, corrupted, ~bad), affine_motion_loss(truth, flow, ~bad))
+    assert affine_motion_loss(truth, corrupted) > 1.0  # without the mask the garbage is fitted and scored
+
+
 SMOKE = {"max_iters": 2, "checkpoint_interval": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "quiet": True}
 
 

@@ -81,10 +81,11 @@ def flow_bins(flow: torch.Tensor, bins: int = 16) -> torch.Tensor:
 
 @fp32
 def flow_bin_classification_loss(logits: torch.Tensor, flow: torch.Tensor, bins: int = 16) -> torch.Tensor:
-    """The cross-pixel paper's "direct regression" baseline: normalised flow in [−1, 1] split into
-    ``bins`` uniform classes per axis; softmax cross-entropy for x and for y. ``logits`` [B,2·bins,N],
-    ``flow`` [B,N,2]. The bins are taken from fp32 flow: a bf16 flow near a bin edge would land in
-    the neighbouring class."""
+    """The cross-pixel paper's flow-classification baseline (§4, its "direct optical-flow prediction";
+    the L² regression of flow vectors it also mentions is a different one, not implemented):
+    normalised flow in [−1, 1] split into ``bins`` uniform classes per axis; softmax cross-entropy for
+    x and for y. ``logits`` [B,2·bins,N], ``flow`` [B,N,2]. The bins are taken from fp32 flow: a bf16
+    flow near a bin edge would land in the neighbouring class."""
     target = flow_bins(flow, bins)                                      # [B,N,2]
     lx, ly = logits[:, :bins], logits[:, bins:]
     return F.cross_entropy(lx, target[..., 0]) + F.cross_entropy(ly, target[..., 1])

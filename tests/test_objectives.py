@@ -17,7 +17,8 @@ from pretrain.losses import (
     histogram_entropy_loss,
     normalize_flow_log,
 )
-from pretrain.objectives import ImageNetSupervised
+from pretrain.objectives import FlowClassification, ImageNetSupervised
+from pretrain.objectives.crosspixel import gather_points, sample_points
 
 
 def _transcribed_eq3(phi: torch.Tensor, f: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,30 @@ def test_cross_pixel_loss_is_lowest_when_embeddings_group_like_the_flow():
     assert l_good < cross_pixel_similarity_loss(wrong, flow, s2)
     for _ in range(5):
         assert l_good < cross_pixel_similarity_loss(torch.randn(1, n, 2, dtype=torch.float64), flow, s2)
+
+
+def test_cross_pixel_objective_reads_flow_and_hypercolumns_at_the_same_pixels():
+    """sample_points, gather_points and the hypercolumn must agree on the pixel and on x/y order. The
+    flow's x component varies along x and its y component along y, on a non-square view; a stride-1
+    "stage" that *is* the flow and no MLP make the embedding the flow itself at the sampled pixels."""
+    h, w = 24, 40
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    flow = torch.stack([0.5 * xs - 3, -0.8 * ys + 2])[None]
+    eye = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    valid = torch.zeros(1, h, w, dtype=torch.bool)
+    valid[:, 2:9, 5:37] = True  # a wide band: x and y ranges differ
+    batch = {"view1": torch.zeros(1, 3, h, w), "affine1": eye, "flow_fw": flow, "valid_fw": valid}
+    torch.manual_seed(0)
+    model = FlowClassification({"arch": "resnet14"}, head={"stages": ("stem",)}, num_points=64)
+    model.head.mlp = torch.nn.Identity()
+    model.encoder.forward_stages = lambda x: {"stem": flow.expand(x.shape[0], -1, -1, -1)}
+    emb, target = model.embed(batch)
+    torch.testing.assert_close(normalize_flow_log(emb.transpose(1, 2)), target)
+    points = sample_points(valid, 64)  # (x, y) inside the band, nowhere else
+    assert points[..., 0].min() >= 5 and points[..., 0].max() <= 36
+    assert points[..., 1].min() >= 2 and points[..., 1].max() <= 8
+    torch.testing.assert_close(gather_points(flow, points), torch.stack([0.5 * points[..., 0] - 3,
+                                                                         -0.8 * points[..., 1] + 2], -1))
 
 
 def test_log_flow_normalisation_eq6():

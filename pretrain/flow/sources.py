@@ -132,15 +132,16 @@ class RAFTFlow(FlowSource):
     * ``C_T_V2`` (default) — FlyingChairs + FlyingThings3D only: strictly synthetic, the property
       FlowE relies on ("only synthetic data with no human labeling", §3.3). No Sintel fine-tuning,
       so it is somewhat less accurate on real footage (KITTI-train F1-all 16.1%).
-    * ``C_T_SKHT_V2`` — torchvision's default: + a Sintel/KITTI/HD1K/Things fine-tuning mixture, like
-      the original RAFT "sintel" release FlowE probably ran. KITTI and HD1K are real *driving* data,
-      the domain the readouts are evaluated on (BDD100K, Cityscapes), with ground-truth flow.
+    * ``C_T_SKHT_V2`` — torchvision's default: + a Sintel/KITTI/HD1K/Things fine-tuning mixture, the
+      counterpart of the original RAFT "sintel" checkpoint (which FlowE's "Chairs, Things and Sintel"
+      may describe). More accurate, but KITTI and HD1K are real *driving* data with ground-truth
+      flow, the domain the readouts are evaluated on (BDD100K, Cityscapes).
     * ``C_T_SKHT_K_V2`` — further fine-tuned on KITTI; ``*_V1`` are the ports of the original files.
       RAFT-small has ``C_T_V1``/``C_T_V2`` only.
 
     ``num_flow_updates``: 32 refinement iterations, RAFT's own Sintel evaluation setting (Teed &
-    Deng 2020; 24 for KITTI); FlowE does not state one. 12 (torchvision's forward default) costs
-    about 2.5× less RAFT time for slightly coarser flow.
+    Deng 2020; 24 for KITTI); FlowE does not state one. 12 (torchvision's forward default) runs
+    12/32 of the update iterations: cheaper, slightly coarser flow.
 
     ``amp``: RAFT runs in fp32 even when the objective is under bf16 autocast (its correlation
     lookup builds pixel coordinates); ``amp=True`` lets it run in bf16 on the training device.

@@ -12,7 +12,7 @@ model = dict(
     # Frozen RAFT-large. C_T_V2: FlyingChairs + FlyingThings only, strictly synthetic as FlowE §3.3 says its
     # flow network is; torchvision's default C_T_SKHT_V2 is more accurate but was fine-tuned with KITTI and
     # HD1K, real driving data from the domain the readouts are evaluated on. 32 refinement iterations as
-    # RAFT's Sintel evaluation (the paper states none; 12 is ~2.5x cheaper). fp32 under the bf16 autocast
+    # RAFT's Sintel evaluation (the paper states none; 12 is cheaper and coarser). fp32 under the bf16 autocast
     # (amp=False). Offline, set checkpoint= the local raft_large_C_T_V2-1bb1363a.pth.
     flow=dict(type="raft", size="large", weights="C_T_V2", num_flow_updates=32, amp=False, checkpoint=None),
 )

@@ -1,22 +1,29 @@
-"""FlowE training-step cost of the two loss resolutions, in one run, as ratios.
+"""FlowE training-step cost: pairs/s, peak memory and MFU, for both loss resolutions.
 
-Fixed setting (FlowE §4.2 per GPU, at half resolution): ResNet-50 OS8, 2 frame pairs of 256×512,
-flow given (so the flow network is not timed), one optimiser step. Prints time per step, the share
-of the flow-composition + warp + loss part, and peak memory for ``image`` (Algorithm 1) and
-``feature`` (stride-8) loss resolutions. Targets: feature ≤ 0.5× the memory of image, and the
-flow/warp/loss part < 10% of the step. It reports; it never fails.
+Default setting: the paper's (FlowE §4.2): ResNet-50 OS8, BYOL-sized heads, one-directional loss
+(Algorithm 1), LARS, one optimiser step; on a GPU 2 and 8 frame pairs of 512×1024 per GPU under bf16
+autocast (the trainer's path), on CPU 2 pairs of 256×512 in fp32. Flow is given (``--flow given``,
+the flow network is not timed) or computed by a frozen RAFT-large in fp32 (``--flow raft``, random
+weights: the cost does not depend on them). Prints time per step, pairs/s, the share of the flow
+composition + warp + loss part, peak memory, model FLOPs per step and model FLOP utilisation (MFU
+= FLOPs per step / step time / peak dense bf16 FLOP/s of the device). It reports; it never fails.
 
-    python benchmarks/pretrain_step.py [--device cuda] [--arch resnet14] [--steps 3]
+    python benchmarks/pretrain_step.py --device cuda --amp bf16              # the GPU numbers, one command
+    python benchmarks/pretrain_step.py --device cpu --arch resnet14 --size 64 128 --steps 1
 
-On CPU, peak memory is the process's peak RSS above its level after building the model, measured
-in a fresh subprocess per setting; on CUDA it is ``torch.cuda.max_memory_allocated``.
+FLOPs are counted once per setting with ``torch.utils.flop_counter.FlopCounterMode`` on a whole
+step (forward, backward, the target network and RAFT when it runs; matmuls and convolutions).
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak RSS above its
+level after building the model. Each setting runs in a fresh subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,23 +34,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import peak_mb, run_child  # noqa: E402
 
+# Dense bf16 tensor-core peak per GPU (FLOP/s, no sparsity), from the vendors' data sheets.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250e12,
+             "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 
-def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, device: str) -> dict[str, float]:
+
+def default_peak(device: str) -> tuple[float | None, str]:
+    """The peak for the current GPU from :data:`PEAK_BF16` (the H100 SXM's if unknown); None on CPU."""
+    if not device.startswith("cuda"):
+        return None, "no peak known for CPU; pass --peak-tflops for an MFU"
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, peak in PEAK_BF16.items():  # longest names first where they overlap ("H100 PCIe" before "H100")
+        if key in name:
+            return peak, f"{name}: {peak / 1e12:.0f} TFLOP/s bf16 dense"
+    return 989e12, f"{name} not in the table: assumed an H100 SXM's 989 TFLOP/s (set --peak-tflops)"
+
+
+def _raft_checkpoint() -> str:
+    """A random RAFT-large state dict in a temp file: timing does not depend on the weights."""
+    from torchvision.models.optical_flow import raft_large
+
+    path = Path(tempfile.mkdtemp()) / "raft_large_random.pth"
+    torch.save(raft_large(weights=None).state_dict(), path)
+    return str(path)
+
+
+def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps: int, device: str, amp: str,
+            flow_kind: str, raft_updates: int, symmetric: bool) -> dict[str, float]:
+    from torch.utils.flop_counter import FlopCounterMode
+
     from pretrain.objectives import flowe as flowe_mod
     from pretrain.objectives.flowe import FlowE
     from pretrain.optim import build_optimizer
 
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = FlowE({"arch": arch, "output_stride": 8}, loss_resolution=resolution).to(dev).train()
+    flow_cfg = None
+    if flow_kind == "raft":
+        flow_cfg = {"type": "raft", "size": "large", "checkpoint": _raft_checkpoint(),
+                    "num_flow_updates": raft_updates, "amp": False}
+    model = FlowE({"arch": arch, "output_stride": 8}, loss_resolution=resolution, symmetric=symmetric,
+                  flow=flow_cfg).to(dev).train()
     opt = build_optimizer(model, {"type": "LARS", "lr": 0.1, "weight_decay": 1e-6})
-    b, (h, w) = 2, size
+    b, (h, w) = pairs, size
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(b, 2, 3).contiguous()
-    flow = torch.zeros(b, 2, h, w)
-    flow[:, 0] = 4.0
-    batch = {"view1": torch.randn(b, 3, h, w), "view2": torch.randn(b, 3, h, w), "affine1": eye, "affine2": eye,
-             "flow_fw": flow, "flow_bw": -flow, "valid_fw": torch.ones(b, h, w, dtype=torch.bool),
-             "valid_bw": torch.ones(b, h, w, dtype=torch.bool)}
+    batch = {"view1": torch.randn(b, 3, h, w), "view2": torch.randn(b, 3, h, w), "affine1": eye, "affine2": eye}
+    if flow_kind == "raft":
+        batch.update(frame1=torch.rand(b, 3, h, w), frame2=torch.rand(b, 3, h, w))
+    else:
+        flow = torch.zeros(b, 2, h, w)
+        flow[:, 0] = 4.0
+        ones = torch.ones(b, h, w, dtype=torch.bool)
+        batch.update(flow_fw=flow, flow_bw=-flow, valid_fw=ones, valid_bw=ones.clone())
     batch = {k: v.to(dev) for k, v in batch.items()}
 
     part = {"t": 0.0}
@@ -51,7 +93,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, devic
 
     def sync() -> None:
         if dev.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(dev)
 
     def timed(*args, **kwargs):
         sync()
@@ -66,51 +108,98 @@ def measure(resolution: str, arch: str, size: tuple[int, int], steps: int, devic
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def step() -> None:
+    def step() -> None:  # the trainer's step: objective under autocast, backward and update outside
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             loss = model(batch)["loss"]
         loss.backward()
         opt.step()
         model.after_step(1, 10)
 
-    step()  # warm-up
-    part["t"] = 0.0
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    total = (time.perf_counter() - t0) / steps
-    peak = peak_mb(dev)
-    return {"step_s": total, "loss_part_s": part["t"] / steps, "peak_mb": peak - base}
+    try:
+        step()  # warm-up
+        part["t"] = 0.0
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        total = (time.perf_counter() - t0) / steps
+        loss_part = part["t"] / steps
+        peak = peak_mb(dev)
+        with FlopCounterMode(display=False) as counter:  # after timing: the counter slows the step down
+            step()
+    finally:
+        flowe_mod.equivariance_loss = inner
+    return {"step_s": total, "loss_part_s": loss_part, "peak_mb": peak - base,
+            "flops": float(counter.get_total_flops())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--arch", default="resnet50")
-    ap.add_argument("--size", type=int, nargs=2, default=(256, 512))
+    ap.add_argument("--size", type=int, nargs=2, help="view H W (default: 512 1024 on GPU, 256 512 on CPU)")
+    ap.add_argument("--pairs", type=int, nargs="+", help="frame pairs per device (default: 2 8 on GPU, 2 on CPU)")
+    ap.add_argument("--amp", choices=("bf16", "none"), help="autocast of the objective (default: bf16 on GPU)")
+    ap.add_argument("--resolution", nargs="+", choices=("image", "feature"), default=["image", "feature"])
+    ap.add_argument("--flow", choices=("given", "raft"), default="given", help="flow in the batch, or RAFT-large")
+    ap.add_argument("--raft-updates", type=int, default=32)
+    ap.add_argument("--symmetric", action="store_true", help="both directions (Algorithm 1 has one)")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s per device, for the MFU")
     ap.add_argument("--only", choices=("image", "feature"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    size = tuple(args.size or ((512, 1024) if gpu else (256, 512)))
+    pairs_list = args.pairs or ([2, 8] if gpu else [2])
+    amp = args.amp or ("bf16" if gpu else "none")
     if args.only:  # child process: one setting, JSON on stdout
-        print(json.dumps(measure(args.only, args.arch, tuple(args.size), args.steps, args.device)))
+        print(json.dumps(measure(args.only, args.arch, size, pairs_list[0], args.steps, args.device, amp,
+                                 args.flow, args.raft_updates, args.symmetric)))
         return
-    rows = {}
-    for res in ("image", "feature"):
-        rows[res] = run_child(__file__, ["--only", res, "--device", args.device, "--arch", args.arch,
-                                         "--size", *map(str, args.size), "--steps", str(args.steps)])
-    print(f"FlowE step, {args.arch} OS8, 2 pairs of {args.size[0]}×{args.size[1]}, {args.device}, flow given")
-    print(f"{'loss resolution':<16}{'step (s)':>10}{'flow+warp+loss (s)':>20}{'share':>8}{'peak (MiB)':>12}")
-    for res, r in rows.items():
-        print(f"{res:<16}{r['step_s']:>10.3f}{r['loss_part_s']:>20.4f}{r['loss_part_s'] / r['step_s']:>8.1%}"
-              f"{r['peak_mb']:>12.0f}")
-    mem = rows["feature"]["peak_mb"] / max(rows["image"]["peak_mb"], 1e-6)
-    share = rows["feature"]["loss_part_s"] / rows["feature"]["step_s"]
-    print(f"memory ratio feature/image: {mem:.2f}  (target ≤ 0.50: {'met' if mem <= 0.5 else 'MISSED'})")
-    print(f"time ratio feature/image:   {rows['feature']['step_s'] / rows['image']['step_s']:.2f}")
-    print(f"flow/warp/loss share (feature): {share:.1%}  (target < 10%: {'met' if share < 0.1 else 'MISSED'})")
+
+    if args.peak_tflops:
+        peak, peak_note = args.peak_tflops * 1e12, f"{args.peak_tflops:.0f} TFLOP/s (--peak-tflops)"
+    else:
+        peak, peak_note = default_peak(args.device)
+    rows: dict[tuple[str, int], dict[str, float] | str] = {}
+    for res in args.resolution:
+        for pairs in pairs_list:
+            cmd = ["--only", res, "--device", args.device, "--arch", args.arch, "--size", *map(str, size),
+                   "--pairs", str(pairs), "--amp", amp, "--flow", args.flow, "--raft-updates",
+                   str(args.raft_updates), "--steps", str(args.steps)] + (["--symmetric"] if args.symmetric else [])
+            try:
+                rows[res, pairs] = run_child(__file__, cmd)
+            except subprocess.CalledProcessError as exc:  # e.g. out of memory: report it, go on
+                err = (exc.stderr or "").strip().splitlines()
+                rows[res, pairs] = err[-1][:80] if err else f"exit {exc.returncode}"
+
+    flow_note = "flow given" if args.flow == "given" else f"RAFT-large fp32, {args.raft_updates} updates"
+    print(f"FlowE step, {args.arch} OS8, {size[0]}×{size[1]}, {args.device}, amp {amp}, {flow_note}, "
+          f"{'symmetric' if args.symmetric else 'one direction'}")
+    print(f"peak: {peak_note}")
+    print(f"{'loss res.':<10}{'pairs':>6}{'step (s)':>10}{'pairs/s':>9}{'flow+warp+loss':>16}{'share':>7}"
+          f"{'peak (MiB)':>12}{'TFLOP/step':>12}{'TFLOP/s':>9}{'MFU':>7}")
+    for (res, pairs), r in rows.items():
+        if isinstance(r, str):
+            print(f"{res:<10}{pairs:>6}  failed: {r}")
+            continue
+        rate = r["flops"] / r["step_s"]
+        mfu = f"{rate / peak:.1%}" if peak else "n/a"
+        print(f"{res:<10}{pairs:>6}{r['step_s']:>10.3f}{pairs / r['step_s']:>9.2f}{r['loss_part_s']:>16.4f}"
+              f"{r['loss_part_s'] / r['step_s']:>7.1%}{r['peak_mb']:>12.0f}{r['flops'] / 1e12:>12.3f}"
+              f"{rate / 1e12:>9.2f}{mfu:>7}")
+    first = pairs_list[0]
+    img, feat = rows.get(("image", first)), rows.get(("feature", first))
+    if isinstance(img, dict) and isinstance(feat, dict):
+        mem = feat["peak_mb"] / max(img["peak_mb"], 1e-6)
+        share = feat["loss_part_s"] / feat["step_s"]
+        print(f"{first} pairs — memory ratio feature/image: {mem:.2f}  (target ≤ 0.50: "
+              f"{'met' if mem <= 0.5 else 'MISSED'})")
+        print(f"{first} pairs — time ratio feature/image:   {feat['step_s'] / img['step_s']:.2f}")
+        print(f"{first} pairs — flow/warp/loss share (feature): {share:.1%}  (target < 10%: "
+              f"{'met' if share < 0.1 else 'MISSED'})")
 
 
 if __name__ == "__main__":

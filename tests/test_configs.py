@@ -45,3 +45,22 @@ def test_flowe_paper_config_without_raft_weights_says_how_to_get_them(tmp_path, 
                        "model.predictor.hidden_channels": 8})
     with pytest.raises(FileNotFoundError, match="flow.checkpoint=/path/to/raft_large"):
         build_from(OBJECTIVES, dict(cfg.model), "objective")
+
+
+@pytest.mark.parametrize("name", ["flowe_r50_bdd100k", "flowe_r50_cityscapes_seq", "flowe_r50_frames"])
+def test_flowe_paper_configs_use_synthetic_only_raft_in_fp32(name):
+    """FlowE §3.3: RAFT trained on synthetic data only (torchvision's C_T_V2, not the KITTI/HD1K-tuned
+    default), 32 refinement iterations (RAFT's evaluation), fp32 under bf16 autocast."""
+    flow = load_config(REPO / "configs" / "pretrain" / f"{name}.py").model.flow
+    assert (flow.type, flow.size, flow.weights, flow.num_flow_updates, flow.amp) == ("raft", "large", "C_T_V2", 32,
+                                                                                      False)
+
+
+@pytest.mark.parametrize("name,regions", [("s3_affine_r50_bdd100k", 5), ("s3_affine_r14_synthetic_demo", 5),
+                                          ("s3_entropy_r50_bdd100k", 10), ("s3_entropy_r14_synthetic_demo", 10)])
+def test_s3_configs_use_the_papers_number_of_regions(name, regions):
+    """S3-CNN: L = 5 for the affine loss (cube, Sintel), L = 10 for the entropy loss (YouTube)."""
+    cfg = load_config(REPO / "configs" / "pretrain" / f"{name}.py")
+    assert cfg.model.num_regions == regions
+    model = build_from(OBJECTIVES, {**dict(cfg.model), "encoder": {"arch": "resnet14"}}, "objective")
+    assert model.segment.out_channels == regions

@@ -145,6 +145,42 @@ def test_raft_offline_message_and_local_checkpoint(tmp_path, monkeypatch):
         RAFTFlow("small", checkpoint=str(tmp_path / "wrong.pth"))
 
 
+def test_raft_weights_are_an_explicit_choice_with_the_synthetic_default(tmp_path, monkeypatch):
+    """FlowE's RAFT saw synthetic data only: the default is C_T_V2, not torchvision's C_T_SKHT_V2 (which
+    saw KITTI/HD1K driving data). Each choice resolves to its own cache file and says which offline."""
+    import inspect
+
+    from torchvision.models.optical_flow import raft_small
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    assert inspect.signature(RAFTFlow).parameters["weights"].default == "C_T_V2"
+    files = {w: RAFTFlow.weights_file("large", w) for w in ("C_T_V2", "C_T_SKHT_V2")}
+    assert files == {"C_T_V2": "raft_large_C_T_V2-1bb1363a.pth", "C_T_SKHT_V2": "raft_large_C_T_SKHT_V2-ff5fadd5.pth"}
+    for w, name in files.items():
+        with pytest.raises(FileNotFoundError, match=f"RAFT-large {w} weights are not available offline.*{name}"):
+            RAFTFlow("large", weights=w)
+    with pytest.raises(KeyError, match="RAFT-small has no weights 'C_T_SKHT_V2'.*C_T_V2"):
+        RAFTFlow("small", weights="C_T_SKHT_V2")
+    # torchvision's cache file of the chosen weights is used; a different choice does not pick it up
+    cache = tmp_path / "home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(raft_small(weights=None).state_dict(), cache / RAFTFlow.weights_file("small", "C_T_V2"))
+    source = RAFTFlow("small", num_flow_updates=3)
+    assert source.weights.name == "C_T_V2"
+    with pytest.raises(FileNotFoundError, match="RAFT-small C_T_V1.*raft_small_C_T_V1"):
+        RAFTFlow("small", weights="C_T_V1")
+    # a local file that is torchvision's file of *other* weights would mislabel the run
+    with pytest.raises(ValueError, match="C_T_V2 file, but flow.weights='C_T_V1'"):
+        RAFTFlow("small", weights="C_T_V1", checkpoint=str(cache / "raft_small_C_T_V2-01064c6d.pth"))
+    # num_flow_updates reaches RAFT
+    seen = []
+    inner = source.model.forward
+    source.model.forward = lambda *a, **k: seen.append(k["num_flow_updates"]) or inner(*a, **k)
+    source(torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128))
+    assert seen == [3]
+
+
 def test_nan_flow_is_rejected():
     nan = torch.full((1, 2, 4, 4), float("nan"))
     with pytest.raises(ValueError, match="NaN"):

@@ -12,6 +12,7 @@ from pretrain.api import Trainer, load_config
 from pretrain.data.synthetic import MovingShapesVideo
 from pretrain.geometry import random_affine, render_view
 from pretrain.losses import flowe_loss
+from pretrain.objectives import flowe as flowe_mod
 from pretrain.objectives.flowe import FlowE, equivariance_loss
 
 from .conftest import REPO
@@ -81,6 +82,42 @@ def test_gradients_reach_only_the_online_branch():
     for name, p in model.named_parameters():
         assert (p.grad is None) == name.startswith("target_"), name
     assert not any(k.startswith("_flow") for k in model.state_dict())
+
+
+def test_symmetric_branch_uses_the_backward_flow(monkeypatch):
+    """ℓ(v₂ → v₁) must warp with M₂→₁ and its validity, not M₁→₂. The pair's flows differ (objects
+    and camera move; occlusions differ), so a branch that reuses the forward flow is caught twice:
+    by what it is given, and by the loss of an equivariant network."""
+    size = (64, 128)
+    video = MovingShapesVideo(1, *size, num_objects=4, object_speed=3.0, camera_speed=2.0)
+    fw, bw = video.flow(0, 1), video.flow(1, 0)
+    assert (fw["flow"] - bw["flow"]).abs().mean() > 1 and not torch.equal(fw["valid"], bw["valid"])
+    rng = np.random.default_rng(2)
+    a1, a2 = random_affine(rng, size)[None], random_affine(rng, size)[None]
+    v1 = render_view(video.render(0)["image"][None], a1)
+    v2 = render_view(video.render(1)["image"][None], a2)
+    lift = lambda v: torch.cat([v, torch.ones_like(v[:, :1])], 1)  # noqa: E731 - an equivariant "network"
+    right, _ = equivariance_loss(lift(v2), lift(v1), a2, a1, bw["flow"][None], bw["valid"][None], size, "image")
+    wrong, _ = equivariance_loss(lift(v2), lift(v1), a2, a1, fw["flow"][None], fw["valid"][None], size, "image")
+    assert right < 0.01 and wrong > 5 * right, (right, wrong)
+
+    model = FlowE({"arch": "resnet14"}, projector={"hidden_channels": 16, "out_channels": 8},
+                  predictor={"hidden_channels": 16}, symmetric=True)
+    batch = {"view1": v1, "view2": v2, "affine1": a1, "affine2": a2, "flow_fw": fw["flow"][None],
+             "flow_bw": bw["flow"][None], "valid_fw": fw["valid"][None], "valid_bw": bw["valid"][None]}
+    calls = []
+    real = flowe_mod.equivariance_loss
+
+    def spy(p, z, aff_a, aff_b, flow_ab, valid_ab, *args):
+        calls.append((aff_a, aff_b, flow_ab, valid_ab))
+        return real(p, z, aff_a, aff_b, flow_ab, valid_ab, *args)
+
+    monkeypatch.setattr(flowe_mod, "equivariance_loss", spy)
+    model(batch)
+    assert len(calls) == 2
+    (a_1, b_1, f_1, m_1), (a_2, b_2, f_2, m_2) = calls
+    assert a_1 is a1 and b_1 is a2 and f_1 is batch["flow_fw"] and m_1 is batch["valid_fw"]
+    assert a_2 is a2 and b_2 is a1 and f_2 is batch["flow_bw"] and m_2 is batch["valid_bw"]
 
 
 def test_short_flowe_run_lowers_the_loss(tmp_path):

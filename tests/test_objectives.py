@@ -17,7 +17,8 @@ from pretrain.losses import (
     histogram_entropy_loss,
     normalize_flow_log,
 )
-from pretrain.objectives import ImageNetSupervised
+from pretrain.objectives import FlowClassification, ImageNetSupervised
+from pretrain.objectives.crosspixel import gather_points, sample_points
 
 
 def _transcribed_eq3(phi: torch.Tensor, f: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,30 @@ def test_cross_pixel_loss_is_lowest_when_embeddings_group_like_the_flow():
     assert l_good < cross_pixel_similarity_loss(wrong, flow, s2)
     for _ in range(5):
         assert l_good < cross_pixel_similarity_loss(torch.randn(1, n, 2, dtype=torch.float64), flow, s2)
+
+
+def test_cross_pixel_objective_reads_flow_and_hypercolumns_at_the_same_pixels():
+    """sample_points, gather_points and the hypercolumn must agree on the pixel and on x/y order. The
+    flow's x component varies along x and its y component along y, on a non-square view; a stride-1
+    "stage" that *is* the flow and no MLP make the embedding the flow itself at the sampled pixels."""
+    h, w = 24, 40
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    flow = torch.stack([0.5 * xs - 3, -0.8 * ys + 2])[None]
+    eye = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    valid = torch.zeros(1, h, w, dtype=torch.bool)
+    valid[:, 2:9, 5:37] = True  # a wide band: x and y ranges differ
+    batch = {"view1": torch.zeros(1, 3, h, w), "affine1": eye, "flow_fw": flow, "valid_fw": valid}
+    torch.manual_seed(0)
+    model = FlowClassification({"arch": "resnet14"}, head={"stages": ("stem",)}, num_points=64)
+    model.head.mlp = torch.nn.Identity()
+    model.encoder.forward_stages = lambda x: {"stem": flow.expand(x.shape[0], -1, -1, -1)}
+    emb, target = model.embed(batch)
+    torch.testing.assert_close(normalize_flow_log(emb.transpose(1, 2)), target)
+    points = sample_points(valid, 64)  # (x, y) inside the band, nowhere else
+    assert points[..., 0].min() >= 5 and points[..., 0].max() <= 36
+    assert points[..., 1].min() >= 2 and points[..., 1].max() <= 8
+    torch.testing.assert_close(gather_points(flow, points), torch.stack([0.5 * points[..., 0] - 3,
+                                                                         -0.8 * points[..., 1] + 2], -1))
 
 
 def test_log_flow_normalisation_eq6():
@@ -119,6 +144,57 @@ def test_histogram_entropy_loss_prefers_regions_of_one_motion():
     mixed[:, 0, :12], mixed[:, 1, 12:] = 1, 1
     # mixing two motions 50/50 adds ln 2 of entropy to each region
     assert histogram_entropy_loss(mixed, flow) - histogram_entropy_loss(true, flow) > 0.9 * math.log(2)
+
+
+def _two_motion_scene():
+    """Magnitude 1 on the left half, 8 on the right; the true 2-region split and a wrong (top/bottom) one."""
+    flow = torch.zeros(1, 2, 24, 32)
+    flow[:, 0, :, :16], flow[:, 0, :, 16:] = 1.0, 8.0
+    true, mixed = torch.zeros(1, 2, 24, 32), torch.zeros(1, 2, 24, 32)
+    true[:, 0, :, :16], true[:, 1, :, 16:] = 1, 1
+    mixed[:, 0, :12], mixed[:, 1, 12:] = 1, 1
+    return flow, true, mixed
+
+
+@pytest.mark.parametrize("outlier_valid", [True, False])
+def test_histogram_entropy_range_is_robust_to_an_outlier(outlier_valid):
+    """One 200-px cell (a flow failure, valid or flagged) must not squeeze 1 px and 8 px into one bin:
+    with the batch maximum as range the true/wrong gap fell from ln 2 to 0.02 nats."""
+    flow, true, mixed = _two_motion_scene()
+    flow[0, :, 3, 5] = torch.tensor([200.0, 0.0])
+    valid = torch.ones(1, 24, 32, dtype=torch.bool)
+    valid[0, 3, 5] = outlier_valid
+    gap = histogram_entropy_loss(mixed, flow, valid) - histogram_entropy_loss(true, flow, valid)
+    assert gap > 0.9 * math.log(2), gap
+    fixed = histogram_entropy_loss(mixed, flow, valid, max_magnitude=10.0) - histogram_entropy_loss(
+        true, flow, valid, max_magnitude=10.0)
+    assert fixed > 0.9 * math.log(2), fixed
+
+
+def test_histogram_entropy_weights_each_region_by_its_mass():
+    """Region A (3/4 of the pixels) mixes two motions, region B (1/4) has one: the loss is
+    ¾·H(A) + ¼·H(B), not the plain mean of the two entropies."""
+    flow = torch.zeros(1, 2, 24, 32)
+    flow[:, 0, :, :12], flow[:, 0, :, 12:24], flow[:, 0, :, 24:] = 1.0, 8.0, 4.0
+    a = torch.zeros(1, 1, 24, 32)
+    a[..., :24] = 1
+    b = 1 - a
+    h_a = histogram_entropy_loss(a, flow, a[:, 0] > 0, max_magnitude=8.0)  # one region: its entropy
+    h_b = histogram_entropy_loss(b, flow, b[:, 0] > 0, max_magnitude=8.0)
+    both = histogram_entropy_loss(torch.cat([a, b], 1), flow, max_magnitude=8.0)
+    assert h_a - h_b > 0.3  # so the ¾/¼ and the ½/½ weightings differ by > 0.07 nats
+    torch.testing.assert_close(both, 0.75 * h_a + 0.25 * h_b)
+
+
+def test_affine_motion_fit_ignores_invalid_pixels():
+    """Garbage flow on 10% of the pixels, flagged invalid, changes neither the fits nor the loss."""
+    flow, truth = _affine_scene()
+    gen = torch.Generator().manual_seed(0)
+    bad = torch.rand(1, 24, 32, generator=gen) < 0.1
+    corrupted = torch.where(bad[:, None], torch.randn(1, 2, 24, 32, generator=gen) * 50, flow)
+    assert affine_motion_loss(truth, corrupted, ~bad) < 1e-3
+    torch.testing.assert_close(affine_motion_loss(truth, corrupted, ~bad), affine_motion_loss(truth, flow, ~bad))
+    assert affine_motion_loss(truth, corrupted) > 1.0  # without the mask the garbage is fitted and scored
 
 
 SMOKE = {"max_iters": 2, "checkpoint_interval": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "quiet": True}

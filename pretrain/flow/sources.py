@@ -2,17 +2,19 @@
 
 * ``dis`` — OpenCV's DIS optical flow: no weights, CPU, the offline default (runs in data workers);
 * ``raft`` — torchvision's RAFT (large/small), frozen, from a local checkpoint or torchvision's cache
-  (runs in the objective, on the training device, as Algorithm 1 does);
+  (runs in the objective, on the training device, as Algorithm 1 does); fp32 by default;
 * ``precomputed`` — a cache filled by ``flowssl flow precompute`` (16-bit PNGs, forward + backward);
 * ``ground_truth`` — the synthetic video's exact flow.
 
 Images are [B,3,H,W] RGB in [0,1]. Every source returns forward *and* backward flow so occlusion
-can be found by forward–backward consistency (or is given exactly, for ground truth).
+can be found by forward–backward consistency (or is given exactly, for ground truth). Flow is fp32
+whatever the autocast state of the caller (:mod:`pretrain.precision`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from mmengine.registry import Registry
 from torch import nn
 
 from ..fileio import torchvision_weights_file
+from ..precision import fp32, fp32_geometry
 from .io import read_flow_png
 from .warp import forward_backward_occlusion
 
@@ -43,8 +46,10 @@ class FlowPair:
     valid_bw: torch.Tensor
 
     @classmethod
+    @fp32
     def from_consistency(cls, fw: torch.Tensor, bw: torch.Tensor, alpha1: float = 0.01,
                          alpha2: float = 0.5) -> FlowPair:
+        """The pair with occlusion from forward–backward consistency, in fp32."""
         if not (torch.isfinite(fw).all() and torch.isfinite(bw).all()):
             raise ValueError("the flow source returned NaN/Inf flow; check the input frames")
         return cls(fw, bw, ~forward_backward_occlusion(fw, bw, alpha1, alpha2),
@@ -106,36 +111,78 @@ class DISFlow(FlowSource):
 RAFT_WEIGHTS = {"large": "Raft_Large_Weights", "small": "Raft_Small_Weights"}
 
 
+def raft_weights(size: str, weights: str) -> Any:
+    """torchvision's weights enum member for RAFT ``size`` ('large'/'small') and ``weights`` name,
+    with an error that lists the names that exist for that size."""
+    from torchvision.models import optical_flow
+
+    if size not in RAFT_WEIGHTS:
+        raise KeyError(f"unknown RAFT size '{size}'; choose 'large' or 'small'")
+    enum = getattr(optical_flow, RAFT_WEIGHTS[size])
+    if weights not in enum.__members__:
+        raise KeyError(f"RAFT-{size} has no weights '{weights}'; torchvision has {sorted(enum.__members__)}")
+    return enum[weights]
+
+
 @FLOW_SOURCES.register_module(name="raft")
 class RAFTFlow(FlowSource):
     """torchvision RAFT, frozen and in eval mode (FlowE §3.3). Weights come from ``checkpoint`` (a
-    local file) or torchvision's cache; nothing is downloaded implicitly."""
+    local file) or torchvision's cache file of ``weights``; nothing is downloaded implicitly.
+
+    ``weights`` (torchvision's names):
+
+    * ``C_T_V2`` (default) — FlyingChairs + FlyingThings3D only: strictly synthetic, the property
+      FlowE relies on ("only synthetic data with no human labeling", §3.3). No Sintel fine-tuning,
+      so it is somewhat less accurate on real footage (KITTI-train F1-all 16.1%).
+    * ``C_T_SKHT_V2`` — torchvision's default: + a Sintel/KITTI/HD1K/Things fine-tuning mixture, the
+      counterpart of the original RAFT "sintel" checkpoint (which FlowE's "Chairs, Things and Sintel"
+      may describe). More accurate, but KITTI and HD1K are real *driving* data with ground-truth
+      flow, the domain the readouts are evaluated on (BDD100K, Cityscapes).
+    * ``C_T_SKHT_K_V2`` — further fine-tuned on KITTI; ``*_V1`` are the ports of the original files.
+      RAFT-small has ``C_T_V1``/``C_T_V2`` only.
+
+    ``num_flow_updates``: 32 refinement iterations, RAFT's own Sintel evaluation setting (Teed &
+    Deng 2020; 24 for KITTI); FlowE does not state one. 12 (torchvision's forward default) runs
+    12/32 of the update iterations: cheaper, slightly coarser flow.
+
+    ``amp``: RAFT runs in fp32 even when the objective is under bf16 autocast (its correlation
+    lookup builds pixel coordinates); ``amp=True`` lets it run in bf16 on the training device.
+    """
 
     runs_in_data = False
 
-    def __init__(self, size: str = "large", checkpoint: str | None = None, num_flow_updates: int = 12,
-                 **kwargs: float) -> None:
+    def __init__(self, size: str = "large", weights: str = "C_T_V2", checkpoint: str | None = None,
+                 num_flow_updates: int = 32, amp: bool = False, **kwargs: float) -> None:
         super().__init__(**kwargs)
         from torchvision.models import optical_flow
 
-        if size not in RAFT_WEIGHTS:
-            raise KeyError(f"unknown RAFT size '{size}'; choose 'large' or 'small'")
+        self.weights = raft_weights(size, weights)
         self.model = getattr(optical_flow, f"raft_{size}")(weights=None, progress=False)
-        self.model.load_state_dict(self._state_dict(size, checkpoint))
+        self.model.load_state_dict(self._state_dict(size, self.weights, checkpoint))
         self.model.eval().requires_grad_(False)
-        self.num_flow_updates = num_flow_updates
+        if num_flow_updates < 1:
+            raise ValueError(f"num_flow_updates must be >= 1, got {num_flow_updates}")
+        self.num_flow_updates, self.amp = num_flow_updates, amp
 
     @staticmethod
-    def _state_dict(size: str, checkpoint: str | None) -> dict[str, torch.Tensor]:
-        from torchvision.models import optical_flow
+    def weights_file(size: str, weights: str) -> str:
+        """torchvision's cache file name of these weights (what to pass as ``checkpoint`` offline)."""
+        return os.path.basename(raft_weights(size, weights).url)
 
-        weights = getattr(optical_flow, RAFT_WEIGHTS[size]).DEFAULT
+    @staticmethod
+    def _state_dict(size: str, weights: Any, checkpoint: str | None) -> dict[str, torch.Tensor]:
         if checkpoint is None:
-            checkpoint = str(torchvision_weights_file(weights.url, f"RAFT-{size}", "flow.checkpoint",
-                                                      "; or use flow=dict(type='dis'), which needs no weights"))
+            checkpoint = str(torchvision_weights_file(
+                weights.url, f"RAFT-{size} {weights.name}", "flow.checkpoint",
+                f"; or pick other weights with flow.weights (RAFT-{size} has "
+                f"{sorted(type(weights).__members__)}), or use flow=dict(type='dis'), which needs no weights"))
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"RAFT checkpoint {path} does not exist")
+        others = {os.path.basename(w.url): w.name for w in type(weights) if w is not weights}
+        if path.name in others:  # torchvision's file of *other* weights: the config would mislabel the run
+            raise ValueError(f"RAFT checkpoint {path.name} is torchvision's {others[path.name]} file, but "
+                             f"flow.weights='{weights.name}'; set flow.weights='{others[path.name]}'")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -151,10 +198,12 @@ class RAFTFlow(FlowSource):
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
         h, w = img1.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
-        a = F.pad(torch.cat([img1, img2]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
-        b = F.pad(torch.cat([img2, img1]) * 2 - 1, (0, pw, 0, ph), mode="replicate")
-        flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1][..., :h, :w].float()
-        fw, bw = flow.chunk(2)
+        with fp32_geometry():  # the caller's bf16 autocast stops here; amp=True opts RAFT back in
+            a = F.pad(torch.cat([img1, img2]).float() * 2 - 1, (0, pw, 0, ph), mode="replicate")
+            b = F.pad(torch.cat([img2, img1]).float() * 2 - 1, (0, pw, 0, ph), mode="replicate")
+            with torch.autocast(a.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1]
+        fw, bw = flow[..., :h, :w].float().chunk(2)
         return FlowPair.from_consistency(fw, bw, self.alpha1, self.alpha2)
 
 

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import at_least_fp32, fp32_geometry
+
 
 class MLPHead(nn.Sequential):
     """Conv1×1(in→hidden) → BN → ReLU → Conv1×1(hidden→out); BYOL uses hidden 4096, out 256."""
@@ -40,12 +42,25 @@ class HypercolumnHead(nn.Module):
                                  nn.ReLU(inplace=True), nn.Conv1d(hidden_channels, out_channels, 1))
         self.out_channels = out_channels
 
+    def hypercolumns(self, feats: dict[str, torch.Tensor], points: torch.Tensor,
+                     image_size: tuple[int, int]) -> torch.Tensor:
+        """The concatenated stage features [B, ΣC, N] at ``points`` [B,N,2] (x, y) image pixels, fp32.
+
+        A stage of stride s sees pixel q at (q + ½)/s − ½ in its own grid (the
+        ``align_corners=False`` convention). The grid and the sampling stay in fp32 under autocast:
+        a bf16 grid in [−1, 1] moves in 2-px steps near the border of a 1024-px-wide image.
+        """
+        h, w = image_size
+        with fp32_geometry():
+            points = at_least_fp32(points)
+            grid = torch.stack([(points[..., 0] + 0.5) / w * 2 - 1, (points[..., 1] + 0.5) / h * 2 - 1], -1)[:, None]
+            cols = []
+            for s in self.stages:
+                f = at_least_fp32(feats[s])
+                cols.append(F.grid_sample(f, grid.to(f.dtype), mode="bilinear", align_corners=False)[:, :, 0])
+            return torch.cat(cols, 1)
+
     def forward(self, feats: dict[str, torch.Tensor], points: torch.Tensor,
                 image_size: tuple[int, int]) -> torch.Tensor:
-        """``points`` [B,N,2] (x, y) image pixel coordinates → [B, out, N]. A stage of stride s sees
-        pixel q at (q + ½)/s − ½ in its own grid (the ``align_corners=False`` convention)."""
-        h, w = image_size
-        grid = torch.stack([(points[..., 0] + 0.5) / w * 2 - 1, (points[..., 1] + 0.5) / h * 2 - 1], -1)[:, None]
-        cols = [F.grid_sample(feats[s], grid.to(feats[s].dtype), mode="bilinear", align_corners=False)[:, :, 0]
-                for s in self.stages]
-        return self.mlp(torch.cat(cols, 1))
+        """``points`` [B,N,2] (x, y) image pixel coordinates → [B, out, N] (the MLP follows autocast)."""
+        return self.mlp(self.hypercolumns(feats, points, image_size))

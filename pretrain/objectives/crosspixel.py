@@ -2,6 +2,10 @@
 
 Both read one view and the flow at its pixels (the flow is used by the loss only, never by the
 network), sample ``num_points`` pixels per image with valid flow, and build sparse hypercolumns.
+
+Precision: the flow in the view, the sampled coordinates, the hypercolumn grid, the flow kernel,
+its normalisation and the class bins are fp32 whatever the autocast state; only the encoder and
+the MLP follow it (:mod:`pretrain.precision`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ DEFAULT_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 def flow_in_view(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame-1 flow expressed at view-1 pixels: q₁ ↦ A₁(p₁ + M(p₁)) − q₁ with p₁ = A₁⁻¹q₁."""
+    """Frame-1 flow expressed at view-1 pixels: q₁ ↦ A₁(p₁ + M(p₁)) − q₁ with p₁ = A₁⁻¹q₁ (fp32)."""
     a1 = batch["affine1"]
     return view_flow(a1, a1, batch["flow_fw"], batch["valid_fw"], tuple(batch["view1"].shape[-2:]))
 
@@ -74,13 +78,15 @@ class CrossPixelFlowSimilarity(_SparseFlowObjective):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         emb, flow = self.embed(batch)
         sigma2 = self.log_sigma2.exp()
-        loss = cross_pixel_similarity_loss(emb.transpose(1, 2), flow.to(emb.dtype), sigma2)
+        loss = cross_pixel_similarity_loss(emb.transpose(1, 2), flow, sigma2)  # fp32 inside
         return {"loss": loss, "sigma2": sigma2.detach()}
 
 
 @OBJECTIVES.register_module(name="flow_classification")
 class FlowClassification(_SparseFlowObjective):
-    """The paper's baseline: per-pixel 16-way classification of each normalised flow component."""
+    """The paper's "direct optical-flow prediction" baseline (§4): per-pixel softmax cross-entropy
+    over 16 uniform bins of each normalised flow component, x and y. (Its L² regression of flow
+    vectors is the other baseline it mentions, which worked worse; it is not implemented.)"""
 
     method = "flow_classification"
 

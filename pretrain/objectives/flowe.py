@@ -1,4 +1,9 @@
-"""FlowE (Xiong et al., ICCV 2021): dense BYOL with flow equivariance (§3.2, Algorithm 1)."""
+"""FlowE (Xiong et al., ICCV 2021): dense BYOL with flow equivariance (§3.2, Algorithm 1).
+
+Precision: the encoder and heads follow the caller's autocast (bf16 on GPU); the composition of T,
+the warp and eq. 5 run in fp32 on fp32 copies of p and z (:mod:`pretrain.precision`), so the loss
+of an equivariant network is the same under bf16 as in fp32.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ from ..flow.sources import FlowPair, build_flow_source
 from ..flow.warp import warp
 from ..geometry import view_flow
 from ..losses import byol_loss, flowe_loss
+from ..precision import fp32
 from ..registry import OBJECTIVES
 from .base import BootstrapObjective
 
 LOSS_RESOLUTIONS = ("image", "feature")
 
 
+@fp32
 def equivariance_loss(p: torch.Tensor, z: torch.Tensor, aff_a: torch.Tensor, aff_b: torch.Tensor,
                       flow_ab: torch.Tensor, valid_ab: torch.Tensor, view_size: tuple[int, int],
                       resolution: str = "feature") -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,7 +32,7 @@ def equivariance_loss(p: torch.Tensor, z: torch.Tensor, aff_a: torch.Tensor, aff
 
     ``'image'``: Algorithm 1 — upsample p and z to the view size, compose T per view pixel, warp.
     ``'feature'``: compose T on the feature grid (cell k ↔ view pixel s·k + (s−1)/2) and warp the
-    feature map itself.
+    feature map itself. All of it in fp32, whatever the autocast state and the dtype of p and z.
     """
     if resolution == "image":
         p = F.interpolate(p, size=view_size, mode="bilinear", align_corners=False)
@@ -35,7 +42,7 @@ def equivariance_loss(p: torch.Tensor, z: torch.Tensor, aff_a: torch.Tensor, aff
         stride = round(view_size[0] / p.shape[-2])
         t, valid = view_flow(aff_a, aff_b, flow_ab, valid_ab, view_size, stride=stride)
         t, valid = t[..., : p.shape[-2], : p.shape[-1]], valid[..., : p.shape[-2], : p.shape[-1]]
-    z_warped, inside = warp(z, t.to(z.dtype))
+    z_warped, inside = warp(z, t)
     valid = valid & inside
     return flowe_loss(p, z_warped, valid), valid.float().mean()
 

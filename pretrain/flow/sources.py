@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mmengine.registry import Registry
 from torch import nn
 
-from ..fileio import torchvision_weights_file
+from ..fileio import safe_torch_load, torchvision_weights_file
 from ..precision import fp32, fp32_geometry
 from .io import read_flow_png
 from .warp import forward_backward_occlusion
@@ -183,11 +183,12 @@ class RAFTFlow(FlowSource):
         if path.name in others:  # torchvision's file of *other* weights: the config would mislabel the run
             raise ValueError(f"RAFT checkpoint {path.name} is torchvision's {others[path.name]} file, but "
                              f"flow.weights='{weights.name}'; set flow.weights='{others[path.name]}'")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"RAFT checkpoint {path} cannot be read ({exc}); is it a torchvision RAFT file?") from exc
-        return state.get("state_dict", state) if isinstance(state, dict) else state
+        state = safe_torch_load(path, what="RAFT checkpoint")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"RAFT checkpoint {path} holds a {type(state).__name__}, "
+                             "not a torchvision RAFT state dict")
+        return state
 
     def train(self, mode: bool = True) -> RAFTFlow:  # frozen: never leave eval mode
         super().train(mode)

@@ -4,13 +4,19 @@ mmengine 0.10.7 calls ``torch.load(filename)``. Its checkpoints hold, besides te
 log (``HistoryBuffer`` objects with numpy arrays) and numpy scalars, which ``weights_only=True``
 refuses by default, so ``--resume``, ``load_from`` and ``flowssl show predictions`` would fail. We
 replace its local-file loader with ``torch.load(weights_only=True)`` plus an explicit allow-list of
-exactly those data types (:data:`MMENGINE_SAFE_GLOBALS`): no ``getattr``, no ``eval``, no arbitrary
-callable. A file that refers to anything else is refused with a message naming the file and the global;
-it is never loaded with ``weights_only=False``.
+exactly those data types (:func:`mmengine_safe_globals`). A file that refers to anything else is
+refused with a message naming the file and the global; it is never loaded with ``weights_only=False``.
+
+One wrinkle: a ``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuffer, 'min')``
+(how pickle names a class's function). The real ``builtins.getattr`` is never allowed — it reaches
+``eval`` through any function's globals. The name resolves instead to
+:func:`history_buffer_statistic`, which returns exactly those four methods of that one class and
+refuses every other lookup.
 """
 
 from __future__ import annotations
 
+import pickle
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,15 +25,28 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from pretrain.fileio import numpy_safe_globals, safe_torch_load
 
+HISTORY_BUFFER_STATISTICS = ("min", "max", "current", "mean")  # HistoryBuffer._set_default_statistics
+
+
+def history_buffer_statistic(owner: Any, name: str) -> Any:
+    """Stands in for ``builtins.getattr`` while an mmengine checkpoint is read: only
+    ``HistoryBuffer.<min|max|current|mean>`` resolve, any other lookup is refused."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if owner is HistoryBuffer and name in HISTORY_BUFFER_STATISTICS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"refusing getattr({getattr(owner, '__qualname__', type(owner).__name__)}, "
+                                 f"{name!r}): mmengine checkpoints only look up HistoryBuffer's statistics")
+
 
 @cache
 def mmengine_safe_globals() -> tuple[Any, ...]:
     """The globals an mmengine checkpoint written by mmseg's Runner holds, and nothing more:
-    ``HistoryBuffer`` (the MessageHub's scalar logs, a plain data class holding two numpy arrays)
-    and numpy's arrays, scalars and dtypes."""
+    ``HistoryBuffer`` (the MessageHub's scalar logs, a plain data class holding two numpy arrays),
+    numpy's arrays, scalars and dtypes, and the restricted stand-in for ``getattr``."""
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    return (HistoryBuffer, *numpy_safe_globals())
+    return (HistoryBuffer, *numpy_safe_globals(), (history_buffer_statistic, "builtins.getattr"))
 
 
 def load_mmengine_checkpoint(filename: str | Path, map_location: Any = "cpu") -> Any:

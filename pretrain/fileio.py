@@ -112,6 +112,10 @@ def safe_torch_load(path: str | os.PathLike[str], safe_globals: Iterable[Any] = 
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, foreign or unsafe files
         msg = str(exc)
+        if "refusing" in msg:  # a restricted stand-in (e.g. for getattr) said no
+            detail = next(line for line in msg.splitlines() if "refusing" in line).strip()
+            raise CheckpointError(f"{what} {path}: {detail}; refusing to unpickle it (it could run code). Only "
+                                  "load files from sources you trust.") from None
         if "Unsupported global" in msg or "Unsupported operand" in msg:
             names = sorted(set(_UNSAFE_GLOBAL.findall(msg))) or ["an unknown global"]
             raise CheckpointError(

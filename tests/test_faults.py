@@ -150,6 +150,12 @@ def test_mmseg_loader_reads_real_mmengine_state(tmp_path):
     assert back["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
     assert back["meta"]["iter"] == 3 and torch.equal(back["state_dict"]["w"], torch.ones(2))
     assert builtins.getattr not in mmengine_safe_globals() and all(g is not eval for g in mmengine_safe_globals())
+    from mmseg_plugin.checkpoint import history_buffer_statistic
+
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):  # the getattr stand-in reaches nothing else
+        history_buffer_statistic(builtins.getattr, "__self__")
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        history_buffer_statistic(HistoryBuffer, "__init__")
 
 
 def test_detectron2_weights_never_execute_pickles(evil):
@@ -192,7 +198,8 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp
     then ends on the same weights as an uninterrupted run."""
     opts = {**TINY, "max_iters": 12, "checkpoint_interval": 100, "num_workers": 1}
     cut = tmp_path / "cut"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # the same thread count as this process, so float sums happen in the same order in both runs
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pretrain.cli", "pretrain", str(DEMO_CONFIG), "--work-dir", str(cut),
                              "--cfg-options", *cli_options(opts)], env=env, cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -8,15 +8,18 @@ Layout under the work dir: ``pretrain/<method>/seed<k>/``, ``converted/<method>/
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mmengine.config import Config
 
@@ -28,6 +31,41 @@ PRESETS = {"tiny": REPO_ROOT / "configs" / "bench" / "tiny.py"}
 
 
 READOUT_KEYS = ("name", "framework", "config", "dataset")
+
+
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[IO[str]]:
+    """Send everything written to stdout/stderr — Python, mmengine's logger, C++ — to ``log`` for
+    the block (at the file-descriptor level), and yield a stream on the real terminal for one
+    progress bar. A person sees progress and the table; the frameworks' hook tables and config
+    dumps are in the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    with open(log, "a") as f:
+        os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
+        try:
+            yield terminal
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            terminal.close()
+
+
+def _progress_hook(bar: Any) -> Any:
+    """An mmengine hook that moves ``bar`` once per training iteration."""
+    from mmengine.hooks import Hook
+
+    class _Progress(Hook):
+        priority = "VERY_LOW"
+
+        def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None) -> None:
+            bar.update(1)
+
+    return _Progress()
 
 
 def check_plan(plan: Config, path: Path) -> None:
@@ -45,6 +83,9 @@ def check_plan(plan: Config, path: Path) -> None:
     if not isinstance(plan.readouts, (list, tuple)):
         raise ConfigError(f"plan {path}: 'readouts' must be a list of dicts")
     for i, spec in enumerate(plan.readouts):
+        fraction = spec.get("label_fraction", 1.0) if isinstance(spec, dict) else 1.0
+        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ConfigError(f"plan {path}: readouts[{i}].label_fraction must be in (0, 1], got {fraction!r}")
         missing = [k for k in READOUT_KEYS if not isinstance(spec, dict) or k not in spec]
         if missing:
             raise ConfigError(f"plan {path}: readouts[{i}] lacks {missing}; each readout needs {list(READOUT_KEYS)}")
@@ -131,30 +172,65 @@ class Bench:
             convert(ckpt, target, conv)
         config = self._path(spec["config"])
         work = out.parent
+        log = self.work / "logs" / f"{key.replace('/', '_')}.log"
         t0 = time.perf_counter()
         try:
-            if framework == "mmseg":
-                from mmseg_plugin.runner import load_cfg, run_test, run_train
-
-                options = {**dict(spec.get("options", {})), "randomness.seed": seed}
-                if synthetic is not None and spec["dataset"] == "synthetic":
-                    options.update({f"{s}_dataloader.dataset.data_root": str(synthetic)
-                                    for s in ("train", "val", "test")})
-                cfg = load_cfg(config, work, str(conv), options)
-                run_train(cfg)
-                last = sorted(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[-1]
-                run_test(load_cfg(config, work, str(conv), options), str(last), out)
-            else:
-                opts = [f"{k} {v}" for k, v in dict(spec.get("options", {})).items()]
-                cmd = [sys.executable, str(REPO_ROOT / "tools" / "d2_train_net.py"), "--config-file", str(config),
-                       *(["--synthetic-root", str(synthetic)] if synthetic else []), "MODEL.WEIGHTS", str(conv),
-                       "OUTPUT_DIR", str(work), "SEED", str(seed), *" ".join(opts).split()]
-                subprocess.run(cmd, check=True)
+            with output_to(log) as terminal:
+                if framework == "mmseg":
+                    self._mmseg_readout(config, work, conv, spec, seed, synthetic, out, terminal)
+                else:
+                    self._d2_readout(config, work, conv, spec, seed, synthetic, log, terminal)
         except Exception as exc:  # recorded, the other runs go on
-            self._record(key, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-            return f"failed ({type(exc).__name__}: {str(exc)[:200]})"
-        self._record(key, "done", seconds=round(time.perf_counter() - t0, 1))
+            self._record(key, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                         log=str(log))
+            return f"failed ({type(exc).__name__}: {str(exc)[:200]}; log: {log})"
+        self._record(key, "done", seconds=round(time.perf_counter() - t0, 1), log=str(log))
         return "done"
+
+    def _mmseg_readout(self, config: Path, work: Path, conv: Path, spec: dict[str, Any], seed: int,
+                       synthetic: Path | None, out: Path, terminal: IO[str]) -> None:
+        from mmengine.runner import Runner
+        from tqdm import tqdm
+
+        from mmseg_plugin.runner import load_cfg, run_test
+
+        options = {**dict(spec.get("options", {})), "randomness.seed": seed}
+        if synthetic is not None and spec["dataset"] == "synthetic":
+            options.update({f"{s}_dataloader.dataset.data_root": str(synthetic) for s in ("train", "val", "test")})
+        # a limited-label readout (FlowE Table 6) trains on a seeded subset; evaluation is never subsampled
+        fraction = {"label_fraction": spec["label_fraction"], "label_seed": seed} if "label_fraction" in spec else {}
+        cfg = load_cfg(config, work, str(conv), options, **fraction)
+        runner = Runner.from_cfg(cfg)
+        with tqdm(total=cfg.train_cfg.get("max_iters"), desc=f"readout {spec['name']}", file=terminal,
+                  dynamic_ncols=True, leave=False) as bar:
+            runner.register_hook(_progress_hook(bar))
+            runner.train()
+        last = sorted(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[-1]
+        run_test(load_cfg(config, work, str(conv), options), str(last), out)
+
+    def _d2_readout(self, config: Path, work: Path, conv: Path, spec: dict[str, Any], seed: int,
+                    synthetic: Path | None, log: Path, terminal: IO[str]) -> None:
+        from tqdm import tqdm
+
+        options = dict(spec.get("options", {}))
+        if "label_fraction" in spec:
+            options.update({"DATASETS.LABEL_FRACTION": spec["label_fraction"], "DATASETS.LABEL_SEED": seed})
+        opts = [f"{k} {v}" for k, v in options.items()]
+        cmd = [sys.executable, str(REPO_ROOT / "tools" / "d2_train_net.py"), "--config-file", str(config),
+               *(["--synthetic-root", str(synthetic)] if synthetic else []), "MODEL.WEIGHTS", str(conv),
+               "OUTPUT_DIR", str(work), "SEED", str(seed), *" ".join(opts).split()]
+        metrics = work / "metrics.json"  # detectron2's JSONWriter: one line per logging period
+        with open(log, "a") as f, tqdm(total=options.get("SOLVER.MAX_ITER"), desc=f"readout {spec['name']}",
+                                       file=terminal, dynamic_ncols=True, leave=False) as bar:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if metrics.is_file():
+                    rows = [r for r in metrics.read_text().splitlines() if '"iteration"' in r]
+                    if rows:
+                        bar.update(json.loads(rows[-1])["iteration"] + 1 - bar.n)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd)
 
     def run(self) -> str:
         from .tables import render
@@ -163,6 +239,8 @@ class Bench:
         names = list(self.plan.methods) + [m for m in self.plan.get("checkpoints", {}) if m not in self.plan.methods]
         for seed in self.seeds:
             for method in names:
+                if not self.print_only:
+                    print(f"[bench] seed {seed} {method}: pretraining", flush=True)
                 ckpt = self.pretrain(method, seed)
                 if self.print_only:
                     print(ckpt)
@@ -171,6 +249,7 @@ class Bench:
                               f"({spec['config']}) with the converted checkpoint")
                     continue
                 for spec in self.plan.readouts:
+                    print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']} ...", flush=True)
                     state = self.readout(method, seed, Path(ckpt), dict(spec), synthetic)
                     print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']}: {state}", flush=True)
         if self.print_only:

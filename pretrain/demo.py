@@ -24,7 +24,13 @@ def run_table_demo(work_dir: Path) -> str:
     print(f"pretraining 4 methods on the synthetic video and reading each out (work dir {work_dir})")
     table = Bench(PRESETS["tiny"], work_dir, seeds=[0]).run()
     print(table, end="")
-    print(f"checkpoints: {work_dir / 'pretrain'}/<method>/seed0/; readout results: {work_dir / 'results'}")
+    print(f"\ncheckpoints:      {work_dir / 'pretrain'}/<method>/seed0/iter_*.pth\n"
+          f"readout results:  {work_dir / 'results'}/<method>/synthetic/<readout>/seed0/results.json\n"
+          f"full logs:        {work_dir / 'logs'}/ (mmengine/detectron2 output of every readout)\n"
+          "next:\n"
+          f"  flowssl show embeddings {work_dir}/pretrain/flowe/seed0/iter_0000060.pth IMAGE.png --out emb.png\n"
+          "  flowssl bench --preset tiny            # all 3 seeds, mean ± std\n"
+          "  flowssl bench configs/bench/paper_bdd100k.py --print-commands   # the paper's runs, for a cluster")
     return table
 
 

@@ -57,8 +57,20 @@ def result_value(data: dict) -> float | None:
     return None
 
 
+LIMITED_FRACTIONS = ("1%", "10%", "100%")
+
+
+def readout_column(readout: str) -> str | None:
+    """The table column of a readout folder: ``deeplabv1`` → mIoU …, ``limited_10`` → ``10%``
+    (FlowE Table 6: fine-tuned standard header trained on 10 % of the labels)."""
+    if readout.startswith("limited_") and f"{readout.removeprefix('limited_')}%" in LIMITED_FRACTIONS:
+        return f"{readout.removeprefix('limited_')}%"
+    return READOUT_COLUMN.get(readout)
+
+
 def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """{(dataset, method): {column: [values over seeds]}} from the results tree."""
+    """{(dataset, method): {column: [values over seeds]}} from the results tree (the Table 6 label
+    fractions are columns too)."""
     root = Path(results)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
@@ -72,7 +84,7 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]
         if len(parts) < 4:
             continue
         method, dataset, readout = parts[0], parts[1], parts[2]
-        column = READOUT_COLUMN.get(readout)
+        column = readout_column(readout)
         if column is None:
             continue
         try:
@@ -103,7 +115,7 @@ def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[st
     rows, notes = [], []
     for dataset in sorted({d for d, _ in table} | {d for d in PUBLISHED if any(k[0] == d for k in table)}):
         for (d, method), cols in sorted(table.items()):
-            if d != dataset:
+            if d != dataset or not any(cols.get(c) for c in COLUMNS):
                 continue
             row = [dataset, method]
             for c in COLUMNS:
@@ -142,11 +154,15 @@ def render(results: str | Path, fmt: str = "md") -> str:
         raise ValueError(f"unknown format '{fmt}'; choose md, latex or csv")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    fracs = ("1%", "10%", "100%")
-    lines += ["", "Reference, FlowE Table 6 (UrbanCity mIoU, fine-tuned standard header, by fraction of labels):",
-              "| method | " + " | ".join(fracs) + " |", "|---|" + "---|" * len(fracs)]
-    lines += [f"| {m} (paper) | " + " | ".join(f"{v[f]:.1f}" if f in v else "–" for f in fracs) + " |"
-              for m, v in PUBLISHED_LIMITED_LABELS.items()]
+    lines += ["", "Limited labels, FlowE Table 6 (mIoU, fine-tuned standard header, by fraction of training "
+              "labels; the paper's rows are UrbanCity):",
+              "| dataset | method | " + " | ".join(LIMITED_FRACTIONS) + " |",
+              "|---|---|" + "---|" * len(LIMITED_FRACTIONS)]
+    for (d, m), cols in sorted(collect(results).items()):
+        if any(cols.get(f) for f in LIMITED_FRACTIONS):
+            lines.append(f"| {d} | {m} | " + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
+    for m, v in PUBLISHED_LIMITED_LABELS.items():
+        lines.append(f"| urbancity | {m} (paper) | " + " | ".join(f"{v[f]:.1f}" for f in LIMITED_FRACTIONS) + " |")
     if notes:
         lines += [""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
     return "\n".join(lines) + "\n"

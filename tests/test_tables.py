@@ -23,12 +23,23 @@ def test_tables_put_our_numbers_next_to_the_paper(tmp_path, capsys):
     assert "| bdd100k | flowe (ours − paper) | -5.6 | -1.8 | – | – |" in md
     assert "| synthetic | rand_init | 12.5 | – | – | – |" in md
     assert "no results.json under flowe/bdd100k/deeplabv3/" in md
-    assert "| flowe (paper) | 59.5 | 64.0 | 68.8 |" in md  # Table 6 reference
+    assert "| urbancity | flowe (paper) | 59.5 | 64.0 | 68.8 |" in md  # Table 6 reference
     rows = list(csv.reader(io.StringIO(render(tmp_path, "csv"))))
     assert rows[0] == ["dataset", "method", "mIoU", "mAP", "mIoU†", "mAP†"] and len(rows) == 1 + 3 + 1
     assert "\\begin{tabular}" in render(tmp_path, "latex")
     assert main(["tables", str(tmp_path), "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("dataset,method")
+
+
+def test_limited_label_readouts_fill_table6_beside_the_paper(tmp_path):
+    for seed, v in ((0, 40.0), (1, 44.0)):
+        _write(tmp_path, "flowe", "cityscapes", "limited_10", seed, {"mIoU": v})
+    _write(tmp_path, "flowe", "cityscapes", "limited_100", 0, {"mIoU": 60.0})
+    _write(tmp_path, "flowe", "cityscapes", "deeplabv1", 0, {"mIoU": 45.0})
+    md = render(tmp_path, "md")
+    assert "| cityscapes | flowe | – | 42.0 ± 2.8 | 60.0 |" in md
+    assert "| cityscapes | flowe | 45.0 | – | – | – |" in md  # Table 1-3 columns unaffected
+    assert "| urbancity | supervised_end_to_end (paper) | 42.0 | 53.9 | 63.3 |" in md
 
 
 def test_published_numbers_are_table1_values():

@@ -7,7 +7,7 @@ methods = dict(
     flow_similarity="configs/pretrain/flow_similarity_r14_synthetic_demo.py",
 )
 checkpoints = dict()  # name="path/to/checkpoint.pth" to read out checkpoints trained elsewhere
-pretrain_options = dict(max_iters=60, checkpoint_interval=60, num_workers=1, quiet=True)
+pretrain_options = dict(max_iters=60, checkpoint_interval=60, num_workers=1, quiet=False)  # a progress bar
 seeds = [0, 1, 2]
 synthetic = dict(videos=dict(train=16, val=4), frames_per_video=4)  # readout data, written once
 readouts = [

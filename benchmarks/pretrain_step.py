@@ -34,6 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import peak_mb, run_child  # noqa: E402
 
+RESOLUTIONS = ("image", "image_whole", "feature")
+SWEEP_SIZES = ((128, 256), (256, 512), (512, 1024))
+SWEEP_PAIRS = (1, 2, 4)
+
 # Dense bf16 tensor-core peak per GPU (FLOP/s, no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250e12,
              "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
@@ -73,8 +77,10 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
     if flow_kind == "raft":
         flow_cfg = {"type": "raft", "size": "large", "checkpoint": _raft_checkpoint(),
                     "num_flow_updates": raft_updates, "amp": False}
-    model = FlowE({"arch": arch, "output_stride": 8}, loss_resolution=resolution, symmetric=symmetric,
-                  flow=flow_cfg).to(dev).train()
+    # "image": Algorithm 1 in bands of rows (the default); "image_whole": the straightforward version
+    model = FlowE({"arch": arch, "output_stride": 8}, loss_resolution=resolution.removesuffix("_whole"),
+                  symmetric=symmetric, flow=flow_cfg,
+                  loss_chunk_rows=0 if resolution == "image_whole" else 32).to(dev).train()
     opt = build_optimizer(model, {"type": "LARS", "lr": 0.1, "weight_decay": 1e-6})
     b, (h, w) = pairs, size
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(b, 2, 3).contiguous()
@@ -142,13 +148,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, help="view H W (default: 512 1024 on GPU, 256 512 on CPU)")
     ap.add_argument("--pairs", type=int, nargs="+", help="frame pairs per device (default: 2 8 on GPU, 2 on CPU)")
     ap.add_argument("--amp", choices=("bf16", "none"), help="autocast of the objective (default: bf16 on GPU)")
-    ap.add_argument("--resolution", nargs="+", choices=("image", "feature"), default=["image", "feature"])
+    ap.add_argument("--resolution", nargs="+", choices=RESOLUTIONS, default=list(RESOLUTIONS),
+                    help="image: Algorithm 1 in bands of rows; image_whole: the same with whole upsampled maps")
     ap.add_argument("--flow", choices=("given", "raft"), default="given", help="flow in the batch, or RAFT-large")
     ap.add_argument("--raft-updates", type=int, default=32)
     ap.add_argument("--symmetric", action="store_true", help="both directions (Algorithm 1 has one)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s per device, for the MFU")
-    ap.add_argument("--only", choices=("image", "feature"), help=argparse.SUPPRESS)
+    ap.add_argument("--sweep", action="store_true",
+                    help="step time and peak memory over crops 128×256 → 512×1024 and 1 → 4 pairs (table + PNG)")
+    ap.add_argument("--plot", default="pretrain_step_sweep.png", help="where --sweep draws its plot")
+    ap.add_argument("--only", choices=RESOLUTIONS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     size = tuple(args.size or ((512, 1024) if gpu else (256, 512)))
@@ -159,6 +169,9 @@ def main() -> None:
                                  args.flow, args.raft_updates, args.symmetric)))
         return
 
+    if args.sweep:
+        sweep(args, amp)
+        return
     if args.peak_tflops:
         peak, peak_note = args.peak_tflops * 1e12, f"{args.peak_tflops:.0f} TFLOP/s (--peak-tflops)"
     else:
@@ -179,27 +192,68 @@ def main() -> None:
     print(f"FlowE step, {args.arch} OS8, {size[0]}×{size[1]}, {args.device}, amp {amp}, {flow_note}, "
           f"{'symmetric' if args.symmetric else 'one direction'}")
     print(f"peak: {peak_note}")
-    print(f"{'loss res.':<10}{'pairs':>6}{'step (s)':>10}{'pairs/s':>9}{'flow+warp+loss':>16}{'share':>7}"
+    print(f"{'loss res.':<12}{'pairs':>6}{'step (s)':>10}{'pairs/s':>9}{'flow+warp+loss':>16}{'share':>7}"
           f"{'peak (MiB)':>12}{'TFLOP/step':>12}{'TFLOP/s':>9}{'MFU':>7}")
     for (res, pairs), r in rows.items():
         if isinstance(r, str):
-            print(f"{res:<10}{pairs:>6}  failed: {r}")
+            print(f"{res:<12}{pairs:>6}  failed: {r}")
             continue
         rate = r["flops"] / r["step_s"]
         mfu = f"{rate / peak:.1%}" if peak else "n/a"
-        print(f"{res:<10}{pairs:>6}{r['step_s']:>10.3f}{pairs / r['step_s']:>9.2f}{r['loss_part_s']:>16.4f}"
+        print(f"{res:<12}{pairs:>6}{r['step_s']:>10.3f}{pairs / r['step_s']:>9.2f}{r['loss_part_s']:>16.4f}"
               f"{r['loss_part_s'] / r['step_s']:>7.1%}{r['peak_mb']:>12.0f}{r['flops'] / 1e12:>12.3f}"
               f"{rate / 1e12:>9.2f}{mfu:>7}")
-    first = pairs_list[0]
-    img, feat = rows.get(("image", first)), rows.get(("feature", first))
-    if isinstance(img, dict) and isinstance(feat, dict):
-        mem = feat["peak_mb"] / max(img["peak_mb"], 1e-6)
-        share = feat["loss_part_s"] / feat["step_s"]
-        print(f"{first} pairs — memory ratio feature/image: {mem:.2f}  (target ≤ 0.50: "
-              f"{'met' if mem <= 0.5 else 'MISSED'})")
-        print(f"{first} pairs — time ratio feature/image:   {feat['step_s'] / img['step_s']:.2f}")
-        print(f"{first} pairs — flow/warp/loss share (feature): {share:.1%}  (target < 10%: "
-              f"{'met' if share < 0.1 else 'MISSED'})")
+    for pairs in pairs_list:
+        img, whole, feat = (rows.get((r, pairs)) for r in RESOLUTIONS)
+        if isinstance(img, dict) and isinstance(feat, dict):
+            mem = img["peak_mb"] / max(feat["peak_mb"], 1e-6)
+            print(f"{pairs} pairs — peak memory image/feature: {mem:.2f}  (target ≤ 1.10: "
+                  f"{'met' if mem <= 1.1 else 'MISSED'})")
+            share = feat["loss_part_s"] / feat["step_s"]
+            print(f"{pairs} pairs — flow/warp/loss share (feature): {share:.1%}  (target < 10%: "
+                  f"{'met' if share < 0.1 else 'MISSED'})")
+        if isinstance(img, dict) and isinstance(whole, dict):
+            print(f"{pairs} pairs — image in bands vs whole maps: memory {img['peak_mb'] / whole['peak_mb']:.2f}×, "
+                  f"step time {img['step_s'] / whole['step_s']:.2f}×  (target ≤ 1.10: "
+                  f"{'met' if img['step_s'] <= 1.1 * whole['step_s'] else 'MISSED'})")
+
+
+def sweep(args: argparse.Namespace, amp: str) -> None:
+    """Cost against work: every crop size × pairs per device, for the banded image loss and the
+    feature-grid loss, each in a fresh process; a table and a PNG (log-log) plot."""
+    rows = []
+    for res in ("image", "feature"):
+        for size in SWEEP_SIZES:
+            for pairs in SWEEP_PAIRS:
+                cmd = ["--only", res, "--device", args.device, "--arch", args.arch, "--size", *map(str, size),
+                       "--pairs", str(pairs), "--amp", amp, "--steps", str(args.steps)]
+                try:
+                    r = run_child(__file__, cmd)
+                except subprocess.CalledProcessError as exc:
+                    r = {"error": ((exc.stderr or "").strip().splitlines() or [f"exit {exc.returncode}"])[-1][:60]}
+                rows.append((res, size, pairs, r))
+                print(f"{res:<8} {size[0]:>4}×{size[1]:<5} {pairs} pair(s): " + (
+                    r["error"] if "error" in r else f"{r['step_s']:.3f} s/step, {r['peak_mb']:.0f} MiB"), flush=True)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for res, marker in (("image", "o"), ("feature", "s")):
+        pts = [(s[0] * s[1] * p, r) for rr, s, p, r in rows if rr == res and "error" not in r]
+        for ax, key, label in ((axes[0], "step_s", "step time (s)"), (axes[1], "peak_mb", "peak memory (MiB)")):
+            ax.loglog([x for x, _ in pts], [r[key] for _, r in pts], marker, label=f"loss at {res} resolution")
+            ax.set_xlabel("pixels per step (crop area × pairs)")
+            ax.set_ylabel(label)
+            ax.legend()
+    fig.suptitle(f"FlowE step, {args.arch} OS8, {args.device}, amp {amp}")
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=100)
+    print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

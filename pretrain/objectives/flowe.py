@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..flow.sources import FlowPair, build_flow_source
-from ..flow.warp import warp
+from ..flow.warp import pixel_coords, warp
 from ..geometry import view_flow
-from ..losses import byol_loss, flowe_loss
+from ..losses import byol_loss, flowe_loss, normalized_squared_distance
 from ..precision import fp32
 from ..registry import OBJECTIVES
 from .base import BootstrapObjective
@@ -23,17 +24,76 @@ from .base import BootstrapObjective
 LOSS_RESOLUTIONS = ("image", "feature")
 
 
+def upsampled_at(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bilinear', align_corners=False)`` read only at the integer
+    pixels (xs, ys) [B,h,w] of the ``size`` grid, without building the upsampled map: output pixel j
+    of that grid sits at normalised coordinate (2j + 1)/W − 1 of x under ``align_corners=False``,
+    and interpolate's clamping at the borders is grid_sample's ``'border'`` padding. [B,C,h,w]."""
+    h, w = size
+    grid = torch.stack([(2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _image_loss_rows(p: torch.Tensor, z: torch.Tensor, q: torch.Tensor, target_at: torch.Tensor,
+                     valid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Σ over the valid pixels of a band of view rows of eq. 5 with Algorithm 1's maps: p upsampled
+    at the band's pixels ``q`` [B,2,r,W]; z upsampled, then warped — bilinear at ``target_at``
+    [B,2,r,W] (q + T(q)) over the upsampled map, i.e. its four integer neighbours (zero outside the
+    view, as ``warp`` pads), each one z upsampled at that pixel."""
+    h, w = size
+    p_up = upsampled_at(p, q[:, 0], q[:, 1], size)
+    with torch.no_grad():
+        x0, y0 = target_at[:, 0].floor(), target_at[:, 1].floor()
+        fx, fy = target_at[:, 0] - x0, target_at[:, 1] - y0
+        z_warped = torch.zeros_like(p_up)
+        for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy),
+                               (1, 1, fx * fy)):
+            xc, yc = x0 + dx, y0 + dy
+            weight = weight * ((xc >= 0) & (xc <= w - 1) & (yc >= 0) & (yc <= h - 1))
+            z_warped += weight[:, None] * upsampled_at(z, xc, yc, size)
+    return (normalized_squared_distance(p_up, z_warped, dim=1) * valid).sum()
+
+
+def image_resolution_loss(p: torch.Tensor, z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
+                          size: tuple[int, int], chunk_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1's loss (upsample p and z to the view, warp z by T, eq. 5 per view pixel) computed
+    in bands of ``chunk_rows`` view rows under activation checkpointing: neither the upsampled maps
+    nor the warped one ever exist whole, and backward recomputes one band at a time. Same numbers
+    as the straightforward version (a test checks loss and gradients), at the memory of the
+    feature-grid loss. ``t``/``valid`` [B,2,H,W]/[B,H,W] are T and its validity per view pixel."""
+    h, w = size
+    b = p.shape[0]
+    q = pixel_coords(h, w, p.device).expand(b, -1, -1, -1)
+    target_at = q + t
+    inside = ((target_at[:, 0] >= 0) & (target_at[:, 0] <= w - 1) & (target_at[:, 1] >= 0)
+              & (target_at[:, 1] <= h - 1))
+    valid = valid & inside
+    weight = valid.to(p.dtype)
+    total = p.new_zeros(())
+    for r0 in range(0, h, chunk_rows):
+        rows = slice(r0, min(r0 + chunk_rows, h))
+        total = total + checkpoint(_image_loss_rows, p, z, q[:, :, rows], target_at[:, :, rows], weight[:, rows],
+                                   size, use_reentrant=False)
+    return total / weight.sum().clamp(min=1), valid
+
+
 @fp32
 def equivariance_loss(p: torch.Tensor, z: torch.Tensor, aff_a: torch.Tensor, aff_b: torch.Tensor,
                       flow_ab: torch.Tensor, valid_ab: torch.Tensor, view_size: tuple[int, int],
-                      resolution: str = "feature") -> tuple[torch.Tensor, torch.Tensor]:
+                      resolution: str = "feature", chunk_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 5 between the online map ``p`` of view a and the target map ``z`` of view b (both at
     feature resolution), with z warped into view a by T (eq. 4). Returns (loss, valid fraction).
 
-    ``'image'``: Algorithm 1 — upsample p and z to the view size, compose T per view pixel, warp.
+    ``'image'``: Algorithm 1 — upsample p and z to the view size, compose T per view pixel, warp;
+    computed in bands of ``chunk_rows`` rows (:func:`image_resolution_loss`), or all at once with
+    ``chunk_rows=0`` (the straightforward reference, which holds several full-resolution maps).
     ``'feature'``: compose T on the feature grid (cell k ↔ view pixel s·k + (s−1)/2) and warp the
     feature map itself. All of it in fp32, whatever the autocast state and the dtype of p and z.
     """
+    if resolution == "image" and chunk_rows:
+        t, valid = view_flow(aff_a, aff_b, flow_ab, valid_ab, view_size)
+        loss, valid = image_resolution_loss(p, z.detach(), t, valid, view_size, chunk_rows)
+        return loss, valid.float().mean()
     if resolution == "image":
         p = F.interpolate(p, size=view_size, mode="bilinear", align_corners=False)
         z = F.interpolate(z, size=view_size, mode="bilinear", align_corners=False)
@@ -62,12 +122,14 @@ class FlowE(BootstrapObjective):
     method = "flowe"
 
     def __init__(self, encoder: dict[str, Any], loss_resolution: str = "feature", symmetric: bool = True,
-                 flow: dict[str, Any] | None = None, dense: bool = True, **kwargs: Any) -> None:
+                 flow: dict[str, Any] | None = None, dense: bool = True, loss_chunk_rows: int = 32,
+                 **kwargs: Any) -> None:
         super().__init__(encoder, **kwargs)
         self.dense = dense  # False: Table 4's "non pixel-based" variant, global pooling before the heads
         if loss_resolution not in LOSS_RESOLUTIONS:
             raise KeyError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got '{loss_resolution}'")
         self.loss_resolution, self.symmetric = loss_resolution, symmetric
+        self.loss_chunk_rows = loss_chunk_rows  # "image" loss in bands of rows; 0: the whole maps at once
         # Kept out of the module tree: a frozen RAFT must not land in checkpoints or DDP buffers.
         self._flow_source = [build_flow_source(flow)]
 
@@ -96,7 +158,8 @@ class FlowE(BootstrapObjective):
             return byol_loss(p, z), torch.ones((), device=va.device)
         p = self.predictor(self.projector(self.encoder(va)))
         z = self.target_forward(vb)
-        return equivariance_loss(p, z, aff_a, aff_b, flow_ab, valid_ab, tuple(va.shape[-2:]), self.loss_resolution)
+        return equivariance_loss(p, z, aff_a, aff_b, flow_ab, valid_ab, tuple(va.shape[-2:]), self.loss_resolution,
+                                 self.loss_chunk_rows)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         flow = self.flows(batch)

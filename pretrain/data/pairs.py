@@ -7,9 +7,12 @@ backward flow of the cropped frames. The objective composes T from these (``geom
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import time
 from collections import defaultdict
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,45 @@ log = logging.getLogger("flowssl")
 
 # SimCLR's colour distortion (strength 1): jitter (0.8, 0.8, 0.8, 0.2) w.p. 0.8, grey 0.2, blur 0.5.
 SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
+
+
+class StageTimes:
+    """Seconds spent per pipeline stage (decode, flow, resize, augment), when a benchmark asks:
+    ``dataset.stage_times = StageTimes()``. Off (``None``) in training."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+
+def resized_crop(x: torch.Tensor, size: tuple[int, int], box: tuple[int, int, int, int],
+                 mode: str = "bilinear") -> torch.Tensor:
+    """``F.interpolate(x, size, mode, align_corners=False, antialias=True)[..., y0:y0+h, x0:x0+w]`` for
+    ``box = (y0, x0, h, w)``, computing only the crop when the resize enlarges (antialiasing is then
+    a no-op): at the paper's shapes the resized frames are ~4× the crop, and resizing them whole was
+    the data pipeline's second cost (benchmarks/data_pipeline.py). ``x`` [N,C,H,W]; bool for
+    ``'nearest'`` (valid masks) stays bool."""
+    (nh, nw), (y0, x0, ch, cw) = size, box
+    h, w = x.shape[-2:]
+    if mode == "nearest":  # interpolate's legacy nearest: src = floor(dst · in/out), in float32
+        ys = (torch.arange(y0, y0 + ch, dtype=torch.float32) * (h / nh)).floor().long().clamp(max=h - 1)
+        xs = (torch.arange(x0, x0 + cw, dtype=torch.float32) * (w / nw)).floor().long().clamp(max=w - 1)
+        return x[..., ys[:, None], xs[None, :]]
+    if nh < h or nw < w:  # shrinking: antialiasing matters, resize whole
+        full = F.interpolate(x, (nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        return full[..., y0:y0 + ch, x0:x0 + cw]
+    # output pixel j sits at normalised (2j + 1)/nw − 1 under align_corners=False; 'border' = interpolate's clamp
+    gx = (2 * torch.arange(x0, x0 + cw, dtype=torch.float32) + 1) / nw - 1
+    gy = (2 * torch.arange(y0, y0 + ch, dtype=torch.float32) + 1) / nh - 1
+    grid = torch.stack(torch.broadcast_tensors(gx[None, :], gy[:, None]), -1).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def info_keys(info: dict[str, Any] | None) -> str:
@@ -67,6 +109,10 @@ class FramePairs(SeededDataset):
         self.normalize = normalize()
         self.return_frames = return_frames or (self.flow_source is None and mode == "flowe")
         self.bad = BadFileCounter(max_bad_fraction)
+        self.stage_times: StageTimes | None = None
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return self.stage_times(name) if self.stage_times is not None else contextlib.nullcontext()
 
     # -- to implement ---------------------------------------------------------------------------
     def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
@@ -90,37 +136,46 @@ class FramePairs(SeededDataset):
         s = base * rng.uniform(*self.scale_range)
         ch, cw = self.crop_size
         nh, nw = max(ch, round(h * s)), max(cw, round(w * s))
-        frames = F.interpolate(torch.stack([img1, img2]), (nh, nw), mode="bilinear", align_corners=False,
-                               antialias=True)
         y0, x0 = int(rng.integers(nh - ch + 1)), int(rng.integers(nw - cw + 1))
-        crop = (..., slice(y0, y0 + ch), slice(x0, x0 + cw))
+        box = (y0, x0, ch, cw)
+        frames = resized_crop(torch.stack([img1, img2]), (nh, nw), box)
         if flow is not None:  # flow in pixels of its own grid (a cache may hold it at another size)
             fh, fw = flow.fw.shape[-2:]
             if abs(fw / fh - w / h) > 0.01 * (w / h):
                 raise ValueError(f"flow of {info_keys(info)} is {fw}×{fh} but the frames are {w}×{h}: another aspect "
                                  "ratio, so it belongs to other frames; regenerate the flow cache for this dataset")
-
-            def tf(f: torch.Tensor) -> torch.Tensor:
-                f = F.interpolate(f[None], (nh, nw), mode="bilinear", align_corners=False)[0]
-                return (f * torch.tensor([nw / fw, nh / fh])[:, None, None])[crop]  # vectors scale with the grid
-
-            def tv(v: torch.Tensor) -> torch.Tensor:
-                return F.interpolate(v[None, None].float(), (nh, nw), mode="nearest")[0, 0][crop] > 0.5
-
-            flow = FlowPair(tf(flow.fw[0]), tf(flow.bw[0]), tv(flow.valid_fw[0]), tv(flow.valid_bw[0]))
-        return frames[0][crop], frames[1][crop], flow
+            vectors = resized_crop(torch.cat([flow.fw, flow.bw]), (nh, nw), box)
+            vectors = vectors * torch.tensor([nw / fw, nh / fh])[:, None, None]  # vectors scale with the grid
+            masks = resized_crop(torch.cat([flow.valid_fw, flow.valid_bw])[:, None], (nh, nw), box, "nearest")
+            flow = FlowPair(vectors[0], vectors[1], masks[0, 0], masks[1, 0])
+        return frames[0], frames[1], flow
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        img1, img2, info = self._read_pair(rng)
+        with self._stage("decode"):
+            img1, img2, info = self._read_pair(rng)
         flow = None
         if self.flow_source is not None and self.flow_source.needs_full_frames:
-            flow = self.flow_source(img1[None], img2[None], info)
-        img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow, info)
+            with self._stage("flow"):
+                flow = self.flow_source(img1[None], img2[None], info)
+        with self._stage("resize"):
+            img1, img2, flow = self._scale_and_crop(rng, img1, img2, flow, info)
         if self.byol_views is not None:
-            return self._byol_sample(rng, img1, img2)
+            with self._stage("augment"):
+                return self._byol_sample(rng, img1, img2)
         if self.flow_source is not None and flow is None:
-            f = self.flow_source(img1[None], img2[None], info)
+            with self._stage("flow"):
+                f = self.flow_source(img1[None], img2[None], info)
             flow = FlowPair(f.fw[0], f.bw[0], f.valid_fw[0], f.valid_bw[0])
+        with self._stage("augment"):
+            out = self._views(rng, img1, img2)
+        if flow is not None:
+            out.update(flow_fw=flow.fw, flow_bw=flow.bw, valid_fw=flow.valid_fw, valid_bw=flow.valid_bw)
+        if self.return_frames:
+            out.update(frame1=img1, frame2=img2)
+        return out
+
+    def _views(self, rng: np.random.Generator, img1: torch.Tensor, img2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """FlowE's two views: a random affine of each frame (eq. 2–3), colour distortion, normalisation."""
         a1 = random_affine(rng, self.crop_size, **self.affine)
         a2 = random_affine(rng, self.crop_size, **self.affine)
         views = render_view(torch.stack([img1, img2]), torch.stack([a1, a2]))
@@ -129,10 +184,6 @@ class FramePairs(SeededDataset):
             if self.photometric is not None:
                 v = self.photometric(v)
             out[f"view{i}"] = self.normalize(v)
-        if flow is not None:
-            out.update(flow_fw=flow.fw, flow_bw=flow.bw, valid_fw=flow.valid_fw, valid_bw=flow.valid_bw)
-        if self.return_frames:
-            out.update(frame1=img1, frame2=img2)
         return out
 
 

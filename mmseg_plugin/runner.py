@@ -41,8 +41,14 @@ def run_train(cfg: Config, resume: bool = False) -> Runner:
 
 
 def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate and write ``{"metrics": {aAcc, mIoU, mAcc, IoU.<class>...}, ...}`` to ``out``."""
+    """Evaluate and write ``{"metrics": {aAcc, mIoU, mAcc, IoU.<class>...}, ...}`` to ``out``.
+
+    A class absent from both ground truth and prediction has IoU NaN (as in mmseg); it is written,
+    and returned, as ``None`` (JSON ``null``) so the file stays standard JSON.
+    """
     from pretrain.fileio import write_text_atomic
+
+    from .metric import json_safe
 
     if model_checkpoint is not None:
         if not Path(model_checkpoint).is_file():
@@ -54,7 +60,7 @@ def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None =
         "framework": "mmseg", "config": Path(cfg.filename).name if cfg.filename else None,
         "readout_checkpoint": model_checkpoint, "backbone_checkpoint": cfg.model.backbone.get("checkpoint"),
         "frozen": cfg.model.backbone.get("frozen"), "decode_head": cfg.model.decode_head.type,
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": json_safe({k: float(v) for k, v in metrics.items()}),  # NaN (class absent) → null
     }
     out = Path(out or Path(cfg.work_dir) / "results.json")
     write_text_atomic(json.dumps(result, indent=2), out)

@@ -92,12 +92,17 @@ class LabelFractionDataset:
     """
 
     def __init__(self, dataset: dict | Any, fraction: float, seed: int = 0, list_file: str | None = None,
-                 lazy_init: bool = False) -> None:
-        self.dataset = _build(dataset) if isinstance(dataset, dict) else dataset
+                 lazy_init: bool = False, **unknown: Any) -> None:
+        if unknown:  # typically --cfg-options train_dataloader.dataset.data_root=... on a Table 6 config
+            names = ", ".join(sorted(unknown))
+            raise TypeError(f"LabelFractionDataset got {names}, which belong to the wrapped dataset: set "
+                            f"train_dataloader.dataset.dataset.<{names.split(', ')[0]}> instead "
+                            "(LabelFractionDataset takes dataset, fraction, seed, list_file)")
         self.fraction = check_fraction(fraction, "LabelFractionDataset fraction")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"LabelFractionDataset seed must be an integer, got {seed!r}")
         self.seed, self.list_file = seed, list_file
+        self.dataset = _build(dataset) if isinstance(dataset, dict) else dataset
         self._metainfo = self.dataset.metainfo
         self.indices: list[int] = []
         self.files: list[str] = []

@@ -87,6 +87,11 @@ def test_wrapper_keeps_the_fraction_and_writes_its_list(tmp_path, twenty_root):
     assert again.files == listed and other.files != listed and len(other) == 5
 
 
+def test_dataset_options_on_the_wrapper_point_to_the_wrapped_dataset(tmp_path, twenty_root):
+    with pytest.raises(TypeError, match=r"set train_dataloader\.dataset\.dataset\.<data_root> instead"):
+        LabelFractionDataset(_dataset_cfg(twenty_root), fraction=0.1, data_root=str(tmp_path))
+
+
 def test_wrapping_an_empty_dataset_says_what_to_check(tmp_path):
     (tmp_path / "leftImg8bit" / "train").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"SyntheticCityscapesDataset \(data_root='.*empty.*check its data_root"):

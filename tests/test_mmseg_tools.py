@@ -47,6 +47,7 @@ def _logged_metrics(work_dir: Path) -> dict:
     return json.loads(dumps[-1].read_text())
 
 
+@pytest.mark.slow
 def test_mmseg_train_and_test_tools_run_the_plugin_config(tmp_path):
     # relative paths keep mmengine's yapf-formatted config dump fast (see test_mmseg_datasets)
     write_cityscapes_layout(tmp_path / "synthetic", seed=0, videos={"train": 2, "val": 1}, frames_per_video=2,
@@ -64,6 +65,7 @@ def test_mmseg_train_and_test_tools_run_the_plugin_config(tmp_path):
     assert 0 <= metrics["mIoU"] <= 100 and "IoU.background" in metrics and "IoU.cross" in metrics
 
 
+@pytest.mark.slow
 def test_table6_config_trains_on_ten_percent_with_mmseg_train(tmp_path, shared_data):
     root = shared_data / "bdd100k_sample"
     _flowssl_checkpoint(tmp_path)

@@ -1,6 +1,6 @@
 """The paper's segmentation datasets through the tools a user runs (tools/mmseg_train.py, then
-tools/mmseg_test.py): BDD100K on the real sample layout, PASCAL VOC 2012 + aug on a VOC folder written
-from the sample's real JPEGs. The R50 configs are shrunk by ``--cfg-options`` only (R14, 64×64 crops,
+tools/mmseg_test.py): Cityscapes and BDD100K on the real samples, PASCAL VOC 2012 + aug on a VOC folder
+written from the sample's real JPEGs. The R50 configs are shrunk by ``--cfg-options`` only (R14, 64×64 crops,
 2 iterations) — the configs themselves run unmodified."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .conftest import REPO  # noqa: E402
 from .test_mmseg_plugin import _flowssl_checkpoint  # noqa: E402
 
 MMSEG_CONFIGS = REPO / "configs" / "mmseg"
+CITYSCAPES = MMSEG_CONFIGS / "deeplabv1_flowssl-r50-frozen_4xb2-40k_cityscapes-512x1024.py"
 BDD = MMSEG_CONFIGS / "deeplabv1_flowssl-r50-frozen_8xb2-60k_bdd100k-512x1024.py"
 VOC = MMSEG_CONFIGS / "deeplabv1_flowssl-r50-frozen_4xb4-20k_voc12aug-512x512.py"
 
@@ -86,9 +87,9 @@ def strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def _train_and_test(tmp_path: Path, config: Path, data_root: Path) -> dict:
+def _train_and_test(tmp_path: Path, config: Path, data_root: Path, **extra: Any) -> dict:
     """tools/mmseg_train.py for 2 iterations, then tools/mmseg_test.py on its checkpoint → results.json."""
-    work, words = tmp_path / "work", cli_words(shrink_options(config, data_root))
+    work, words = tmp_path / "work", cli_words({**shrink_options(config, data_root), **extra})
     ckpt = _flowssl_checkpoint(tmp_path)
     assert _tool("mmseg_train").main([str(config), "--work-dir", str(work), "--checkpoint", str(ckpt),
                                       "--cfg-options", *words]) == 0
@@ -97,6 +98,17 @@ def _train_and_test(tmp_path: Path, config: Path, data_root: Path) -> dict:
     assert _tool("mmseg_test").main([str(config), str(work / "iter_2.pth"), "--work-dir", str(work), "--out", str(out),
                                      "--cfg-options", *words]) == 0
     return strict_json(out)
+
+
+def test_cityscapes_readout_trains_and_evaluates_on_the_real_sample(tmp_path, shared_data):
+    # the sample is one real val image with its gtFine labelTrainIds; it serves as the training set too
+    result = _train_and_test(tmp_path, CITYSCAPES, shared_data / "cityscapes_sample",
+                             **{"train_dataloader.dataset.data_prefix.img_path": "leftImg8bit/val",
+                                "train_dataloader.dataset.data_prefix.seg_map_path": "gtFine/val"})
+    metrics = result["metrics"]
+    assert result["config"] == CITYSCAPES.name and result["frozen"] is True
+    assert 0 <= metrics["mIoU"] <= 100 and len([k for k in metrics if k.startswith("IoU.")]) == 19
+    assert metrics["IoU.road"] is not None  # a Frankfurt street: road is in the ground truth
 
 
 def test_bdd100k_readout_trains_and_evaluates_on_the_real_sample(tmp_path, shared_data):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def _tool(name: str):
 
 def _options(data_root: Path, iters: int = 2) -> list[str]:
     opts = [f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}", f"param_scheduler.0.end={iters}",
-            f"default_hooks.checkpoint.interval={iters}", "train_dataloader.batch_size=1"]
+            f"default_hooks.checkpoint.interval={iters}", "default_hooks.logger.interval=1",
+            "train_dataloader.batch_size=1"]
     return opts + [f"{s}_dataloader.dataset.data_root={data_root}" for s in ("train", "val", "test")]
 
 
@@ -134,6 +136,12 @@ def test_mmseg_train_tool_trains_on_ten_percent(tmp_path, twenty_root, capsys):
     listed = (work / LIST_FILE_NAME).read_text().splitlines()
     expected = LabelFractionDataset(_dataset_cfg(twenty_root), fraction=0.1, seed=0).files
     assert listed == expected and len(listed) == 2
+    # evaluation through tools/mmseg_test.py (the validation set is never wrapped: see the load_cfg test)
+    out = tmp_path / "results.json"
+    assert _tool("mmseg_test").main([str(TINY), str(work / "iter_2.pth"), "--work-dir", str(work), "--out", str(out),
+                                     "--cfg-options", *_options(twenty_root)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert 0 <= metrics["mIoU"] <= 100 and metrics["IoU.background"] is not None
     assert _tool("mmseg_train").main([str(TINY), "--work-dir", str(work), "--label-fraction", "2"]) == 2
     assert "--label-fraction must be in (0, 1]" in capsys.readouterr().err
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import math
+from typing import Any
 
 import numpy as np
 from mmseg.evaluation.metrics import IoUMetric
@@ -11,13 +12,35 @@ from mmseg.registry import METRICS
 
 @METRICS.register_module()
 class PerClassIoUMetric(IoUMetric):
+    """``IoUMetric`` whose result also holds ``IoU.<class>`` for every class.
+
+    The per-class values are mmseg's own (``total_area_to_metrics``, rounded as its class table):
+    a class that appears neither in the ground truth nor in the prediction has IoU 0/0 = NaN, exactly
+    where mmseg's table says ``nan`` and ``mIoU`` (a ``nanmean``) leaves it out. Reporting 0.0 there
+    would make the per-class numbers disagree with the mIoU next to them. ``nan_to_num`` applies as
+    in mmseg. JSON writers must store NaN as ``null`` (:func:`json_safe`).
+    """
+
     def compute_metrics(self, results: list) -> dict[str, float]:
         metrics = super().compute_metrics(results)
-        results = tuple(zip(*results, strict=True))
-        area_intersect, area_union = sum(results[0]), sum(results[1])
-        iou = (area_intersect / area_union).numpy()
-        classes = self.dataset_meta["classes"]
-        per_class = OrderedDict((f"IoU.{c}", round(float(np.nan_to_num(v) * 100), 2)) for c, v in zip(classes, iou,
-                                                                                                       strict=True))
-        metrics.update(per_class)
+        if self.format_only:
+            return metrics
+        totals = [sum(column) for column in zip(*results, strict=True)]
+        per_class = self.total_area_to_metrics(*totals, ["mIoU"], self.nan_to_num, self.beta)["IoU"]
+        for name, value in zip(self.dataset_meta["classes"], per_class, strict=True):
+            metrics[f"IoU.{name}"] = float(np.round(value * 100, 2))
         return metrics
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by ``None`` (containers walked), so that
+    ``json.dumps`` writes valid JSON (``null``) instead of the non-standard ``NaN``."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.floating):
+        return float(value)
+    return value

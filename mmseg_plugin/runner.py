@@ -14,8 +14,19 @@ from mmengine.runner import Runner
 
 def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint: str | None = None,
              cfg_options: dict[str, Any] | None = None, launcher: str = "none",
-             modify: Callable[[Config], None] | None = None) -> Config:
-    """mmseg's tools/train.py config handling, plus ``checkpoint`` → ``model.backbone.checkpoint``."""
+             modify: Callable[[Config], None] | None = None, label_fraction: float = 1.0,
+             label_seed: int = 0) -> Config:
+    """mmseg's tools/train.py config handling, plus ``checkpoint`` → ``model.backbone.checkpoint``.
+
+    ``label_fraction < 1`` trains on that deterministic share of the training images (FlowE Table 6):
+    ``train_dataloader.dataset`` is wrapped in :class:`LabelFractionDataset` (seed ``label_seed``)
+    and the chosen files are listed in ``<work_dir>/label_subset.txt``. Evaluation sets are untouched.
+    """
+    from .label_fraction import LIST_FILE_NAME, check_fraction
+
+    label_fraction = check_fraction(label_fraction, "--label-fraction")
+    if isinstance(label_seed, bool) or not isinstance(label_seed, int):
+        raise ValueError(f"--label-seed must be an integer, got {label_seed!r}")
     if not Path(config).is_file():
         raise FileNotFoundError(f"config {config} does not exist")
     cfg = Config.fromfile(str(config))
@@ -30,6 +41,13 @@ def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint:
         cfg.model.backbone.checkpoint = str(checkpoint)
     if modify is not None:
         modify(cfg)
+    if label_fraction < 1.0:
+        dataset = cfg.train_dataloader.dataset
+        if dataset.get("type") == "LabelFractionDataset":
+            raise ValueError(f"{config} already trains on a label fraction "
+                             f"({dataset.get('fraction')}); drop --label-fraction or use the full-label config")
+        cfg.train_dataloader.dataset = dict(type="LabelFractionDataset", dataset=dataset, fraction=label_fraction,
+                                            seed=label_seed, list_file=str(Path(cfg.work_dir) / LIST_FILE_NAME))
     return cfg
 
 
@@ -41,8 +59,14 @@ def run_train(cfg: Config, resume: bool = False) -> Runner:
 
 
 def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate and write ``{"metrics": {aAcc, mIoU, mAcc, IoU.<class>...}, ...}`` to ``out``."""
+    """Evaluate and write ``{"metrics": {aAcc, mIoU, mAcc, IoU.<class>...}, ...}`` to ``out``.
+
+    A class absent from both ground truth and prediction has IoU NaN (as in mmseg); it is written,
+    and returned, as ``None`` (JSON ``null``) so the file stays standard JSON.
+    """
     from pretrain.fileio import write_text_atomic
+
+    from .metric import json_safe
 
     if model_checkpoint is not None:
         if not Path(model_checkpoint).is_file():
@@ -54,7 +78,7 @@ def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None =
         "framework": "mmseg", "config": Path(cfg.filename).name if cfg.filename else None,
         "readout_checkpoint": model_checkpoint, "backbone_checkpoint": cfg.model.backbone.get("checkpoint"),
         "frozen": cfg.model.backbone.get("frozen"), "decode_head": cfg.model.decode_head.type,
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "metrics": json_safe({k: float(v) for k, v in metrics.items()}),  # NaN (class absent) → null
     }
     out = Path(out or Path(cfg.work_dir) / "results.json")
     write_text_atomic(json.dumps(result, indent=2), out)

@@ -13,7 +13,7 @@ from mmengine.config import DictAction  # noqa: E402
 from mmseg_plugin.runner import load_cfg, run_test  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Test a segmentor (flowssl readout)")
     p.add_argument("config")
     p.add_argument("model_checkpoint", help="the readout checkpoint written by mmseg_train.py")
@@ -22,7 +22,7 @@ def main() -> int:
     p.add_argument("--cfg-options", nargs="+", action=DictAction)
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         cfg = load_cfg(args.config, args.work_dir, None, args.cfg_options, args.launcher)
@@ -30,7 +30,7 @@ def main() -> int:
     except FileNotFoundError as exc:
         print(f"mmseg_test: error: {exc}", file=sys.stderr)
         return 2
-    print({k: round(v, 2) for k, v in result["metrics"].items()})
+    print({k: v if v is None else round(v, 2) for k, v in result["metrics"].items()})  # None: class absent
     return 0
 
 

@@ -1,0 +1,4 @@
+# FlowE Table 6, all BDD100K training labels (UrbanCity stand-in; see the 1pct config): the fine-tune
+# config, run through the same wrapper so that its row also lists its training files.
+_base_ = ["./deeplabv1_flowssl-r50-finetune_8xb2-60k_bdd100k-1pct-512x1024.py"]
+train_dataloader = dict(dataset=dict(fraction=1.0))

@@ -43,10 +43,11 @@ def output_to(log: Path) -> Iterator[IO[str]]:
     sys.stdout.flush(), sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
-    with open(log, "a") as f:
+    with open(log, "a", buffering=1) as f:
         os.dup2(f.fileno(), 1), os.dup2(f.fileno(), 2)
-        try:
-            yield terminal
+        try:  # Python-level too: sys.stdout may not be fd 1 (pytest, notebooks)
+            with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                yield terminal
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
@@ -228,7 +229,8 @@ class Bench:
                 if metrics.is_file():
                     rows = [r for r in metrics.read_text().splitlines() if '"iteration"' in r]
                     if rows:
-                        bar.update(json.loads(rows[-1])["iteration"] + 1 - bar.n)
+                        done = json.loads(rows[-1])["iteration"] + 1
+                        bar.update(min(done, bar.total or done) - bar.n)
         if proc.returncode:
             raise subprocess.CalledProcessError(proc.returncode, cmd)
 

@@ -25,6 +25,10 @@ readouts = [
          config="configs/mmseg/deeplabv1_flowssl-r14-frozen_1xb4-300_synthetic-64x128.py",
          options={{"train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "param_scheduler.0.end": 2,
                   "default_hooks.checkpoint.interval": 2}}),
+    dict(name="limited_10", framework="mmseg", dataset="synthetic", label_fraction=0.5,
+         config="configs/mmseg/deeplabv1_flowssl-r14-finetune_1xb4-300_synthetic-64x128.py",
+         options={{"train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "param_scheduler.0.end": 2,
+                  "default_hooks.checkpoint.interval": 2}}),
     dict(name="c4", framework="d2", dataset="synthetic",
          config="configs/d2/faster_rcnn_flowssl_R14_C4_synthetic_tiny.yaml",
          options={{"SOLVER.MAX_ITER": 2}}),
@@ -42,6 +46,12 @@ def test_plan_runs_resumes_and_prints_the_table(tmp_path, capsys):
     assert "rand_init deeplabv1/synthetic: done" in out
     assert ("c4/synthetic: done" in out) if has_d2 else ("c4/synthetic: skipped (detectron2 not installed)" in out)
     assert "| synthetic | rand_init |" in out
+    limited = work / "results" / "rand_init" / "synthetic" / "limited_10" / "seed0"
+    kept = [line for line in (limited / "label_subset.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(kept) == 1  # half of the 2 training images; Table 6 row in the tables
+    assert "| synthetic | rand_init | – | " in out and (limited / "results.json").is_file()
+    log = work / "logs" / "results_rand_init_synthetic_deeplabv1_seed0.log"
+    assert "mmengine" in log.read_text() and "mmengine" not in out  # framework chatter in the log only
     status = json.loads((work / "status.json").read_text())
     assert status["pretrain/rand_init/seed0"]["state"] == "done"
     assert status["results/rand_init/synthetic/deeplabv1/seed0"]["state"] == "done"

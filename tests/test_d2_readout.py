@@ -217,3 +217,37 @@ def test_convert_writes_no_fragment_where_stock_detectron2_has_no_such_resnet(tm
                tmp_path / "f.pth")
     side = convert(tmp_path / "f.pth", "detectron2", tmp_path / "f.pkl")
     assert side["detectron2_yaml"] is None and not (tmp_path / "f.yaml").exists()
+
+
+def yaml_tuple(text: str) -> list[str]:
+    """A yacs tuple string ``("a", "b")`` (or a list) as names."""
+    return [n.strip(" '\"") for n in str(text).strip("()[]").split(",") if n.strip(" '\"")]
+
+
+def test_data_root_reaches_every_dataset_the_configs_name(tmp_path):
+    """detectron2 registers VOC at import from $DETECTRON2_DATASETS; --data-root must still reach it,
+    like BDD100K, Cityscapes and the synthetic video: each loader reads under the root or names a path there."""
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog
+
+    from d2_plugin.train import setup
+    from pretrain.data.synthetic import write_cityscapes_layout
+
+    from .test_d2_plugin import D2_CONFIGS, _resolved
+
+    root = tmp_path / "root"
+    write_cityscapes_layout(root / "synthetic_cityscapes", seed=0, videos={"train": 1, "val": 1}, frames_per_video=1)
+    names = set()
+    for path in D2_CONFIGS:
+        datasets = _resolved(path).get("DATASETS", {})
+        names |= {n for key in ("TRAIN", "TEST") for n in yaml_tuple(datasets.get(key, "()"))}
+        setup(str(path), data_root=str(root))
+    assert {"voc_2007_trainval", "voc_2012_trainval", "voc_2007_test", "bdd100k_det_train", "bdd100k_det_val",
+            "cityscapes_flowssl_instance_train", "synthetic_instance_val"} <= names
+    for name in sorted(names):
+        try:
+            dicts = DatasetCatalog.get(name)
+        except (FileNotFoundError, OSError) as exc:
+            assert str(root) in str(exc), f"{name}: {exc}"
+        else:
+            assert dicts and all(d["file_name"].startswith(str(root)) for d in dicts), name

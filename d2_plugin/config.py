@@ -10,7 +10,8 @@ ARCH_DEPTH = {"resnet14": 14, "resnet50": 50, "resnet101": 101}
 
 
 def add_flowssl_config(cfg: Any) -> None:
-    """Add ``MODEL.FLOWSSL``: the readout protocol switch and the pretraining layout."""
+    """Add ``MODEL.FLOWSSL`` (the readout protocol switch and the pretraining layout) and
+    ``DATASETS.LABEL_FRACTION``/``LABEL_SEED`` (FlowE Table 6's limited labels)."""
     from detectron2.config import CfgNode as CN
 
     cfg.MODEL.FLOWSSL = CN()
@@ -23,6 +24,10 @@ def add_flowssl_config(cfg: Any) -> None:
     cfg.MODEL.FLOWSSL.RES5_DILATION = 4
     cfg.MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE = 8
     cfg.MODEL.FLOWSSL.METHOD = ""
+    # Train on a deterministic subset of DATASETS.TRAIN (d2_plugin.datasets.label_subset), listed in
+    # OUTPUT_DIR/label_subset.txt; DATASETS.TEST is never subsampled.
+    cfg.DATASETS.LABEL_FRACTION = 1.0
+    cfg.DATASETS.LABEL_SEED = 0
 
 
 def checkpoint_hints(weights: str | Path) -> dict[str, Any] | None:

@@ -1,10 +1,14 @@
-"""Dataset registration. Loaders that only parse files (BDD100K JSON, the synthetic instance PNGs)
-need no detectron2; ``register_flowssl_datasets`` puts them in ``DatasetCatalog``."""
+"""Dataset registration. Loaders that only parse files (BDD100K JSON, Cityscapes and synthetic
+instance PNGs) and the label-fraction subset need no detectron2; ``register_flowssl_datasets``
+puts them — and detectron2's own PASCAL VOC splits under the same root — in ``DatasetCatalog``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +25,112 @@ BDD100K_MAP = {"pedestrian": "person", "person": "person", "rider": "rider", "ca
 SYNTHETIC_THING_CLASSES = ("disk", "square", "triangle", "ring", "cross")
 
 
-def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int = 720,
-                     width: int = 1280) -> list[dict[str, Any]]:
-    """BDD100K det_20 / box2d JSON → detectron2 dicts (XYXY_ABS boxes, the 8 classes)."""
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file's header only — cheap enough for 70k BDD100K images."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except OSError as exc:
+        raise OSError(f"image {path} cannot be read ({exc}); the file is truncated or not an image") from exc
+    return height, width
+
+
+def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int | None = None,
+                     width: int | None = None) -> list[dict[str, Any]]:
+    """BDD100K det_20 / box2d JSON → detectron2 dicts (XYXY_ABS boxes, the 8 classes).
+
+    Each image's size is read from its header, so a resized copy of BDD100K (images and labels
+    scaled together) works; labels that reach outside their image — images resized, labels not —
+    are refused. ``height``/``width`` skip the header reads when every image's size is known."""
     json_file = Path(json_file)
     if not json_file.is_file():
         raise FileNotFoundError(f"BDD100K label file {json_file} does not exist")
     frames = json.loads(json_file.read_text())
+    if not isinstance(frames, list):
+        raise ValueError(f"BDD100K label file {json_file} holds a {type(frames).__name__}; expected a list of frames "
+                         "(the det_20 / scalabel box2d format)")
     out = []
     for i, frame in enumerate(frames):
+        file_name = Path(image_root) / frame["name"]
+        h, w = (height, width) if height and width else image_size(file_name)
         annos = []
         for lab in frame.get("labels") or []:
             name = BDD100K_MAP.get(lab.get("category"))
             box = lab.get("box2d")
             if name is None or box is None:
                 continue
+            bbox = [box["x1"], box["y1"], box["x2"], box["y2"]]
+            # 1 % slack: annotators' boxes may touch the border; a 2x downscaled image is far outside it
+            if max(bbox[0], bbox[2]) > w * 1.01 + 1 or max(bbox[1], bbox[3]) > h * 1.01 + 1:
+                raise ValueError(f"{json_file}: a box of {frame['name']} ({[round(v, 1) for v in bbox]}) lies outside "
+                                 f"the image {file_name} ({w}x{h}): the images were resized but the labels were not. "
+                                 "Scale the box2d coordinates by the same factor as the images.")
             crowd = bool((lab.get("attributes") or {}).get("crowd", False))
-            annos.append({"bbox": [box["x1"], box["y1"], box["x2"], box["y2"]], "bbox_mode": 0,  # BoxMode.XYXY_ABS
+            annos.append({"bbox": bbox, "bbox_mode": 0,  # BoxMode.XYXY_ABS
                           "category_id": BDD100K_CLASSES.index(name), "iscrowd": int(crowd)})
-        out.append({"file_name": str(Path(image_root) / frame["name"]), "image_id": i, "height": height,
-                    "width": width, "annotations": annos})
+        out.append({"file_name": str(file_name), "image_id": i, "height": h, "width": w, "annotations": annos})
+    return out
+
+
+# Cityscapes' instance classes: cityscapesscripts/helpers/labels.py rows with hasInstances=True and
+# ignoreInEval=False (caravan 29 and trailer 30 are instances but ignored in evaluation), in
+# detectron2's order (builtin_meta.CITYSCAPES_CATEGORIES, isthing=1): labelId → contiguous id.
+CITYSCAPES_THING_IDS = {24: 0, 25: 1, 26: 2, 27: 3, 28: 4, 31: 5, 32: 6, 33: 7}
+CITYSCAPES_THING_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+def _instances_from_id_map(inst: np.ndarray, class_of: dict[int, int]) -> list[dict[str, Any]]:
+    """One annotation per id of a ``labelId·1000 + k`` map: an RLE mask and the box around it.
+    Ids below 1000 that name an instance class are crowd regions ("car group"): ``iscrowd=1``, which
+    detectron2's mapper drops from training and COCOeval treats as ignore regions."""
+    from pycocotools import mask as mask_util
+
+    annos = []
+    for iid in np.unique(inst):
+        iid = int(iid)
+        label = iid // 1000 if iid >= 1000 else iid
+        if label not in class_of:
+            continue
+        m = np.asfortranarray((inst == iid).astype(np.uint8))
+        ys, xs = np.nonzero(m)
+        rle = mask_util.encode(m)
+        rle["counts"] = rle["counts"].decode("ascii")
+        annos.append({"bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
+                      "bbox_mode": 0, "category_id": class_of[label], "segmentation": rle,
+                      "iscrowd": int(iid < 1000)})
+    return annos
+
+
+def load_cityscapes_instances(image_dir: str | Path, gt_dir: str | Path) -> list[dict[str, Any]]:
+    """Cityscapes instances from ``*_gtFine_instanceIds.png`` (the standard gtFine download) with RLE masks.
+
+    detectron2's own loader cannot be used as installed: it imports
+    ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (facebookresearch/detectron2#5436) and
+    asserts ``*_gtFine_polygons.json`` even when reading PNGs. The instance PNG is what Cityscapes'
+    evaluation rasterises from the polygons, so no information is lost."""
+    image_dir, gt_dir = Path(image_dir), Path(gt_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"Cityscapes image folder {image_dir} does not exist; unpack "
+                                "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into <data-root>/cityscapes")
+    images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise FileNotFoundError(f"no <city>/*_leftImg8bit.png under {image_dir} (Cityscapes' leftImg8bit layout)")
+    out = []
+    for i, img in enumerate(images):
+        inst_path = gt_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png")
+        inst = cv2.imread(str(inst_path), cv2.IMREAD_UNCHANGED)
+        if inst is None:
+            raise FileNotFoundError(f"instance map {inst_path} is missing or unreadable; it comes with Cityscapes' "
+                                    "gtFine_trainvaltest.zip (or cityscapesscripts' json2instanceImg)")
+        if inst.ndim != 2 or inst.dtype != np.uint16:
+            raise ValueError(f"{inst_path} is a {inst.dtype} image of shape {inst.shape}; Cityscapes instance maps are "
+                             "single-channel 16-bit PNGs (labelId*1000 + k)")
+        out.append({"file_name": str(img), "image_id": i, "height": inst.shape[0], "width": inst.shape[1],
+                    "annotations": _instances_from_id_map(inst, CITYSCAPES_THING_IDS)})
     return out
 
 
@@ -74,20 +164,69 @@ def load_synthetic_instances(root: str | Path, split: str) -> list[dict[str, Any
     return out
 
 
+def label_subset(dicts: Sequence[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
+    """The limited-labels training set (FlowE Table 6): ``max(1, round(fraction·N))`` images.
+
+    Images are ranked by ``sha256("<seed>:<basename of file_name>")`` and the first ones kept, so the
+    subset depends only on the seed, the fraction and which images exist — not on their order, the
+    dataset root or the order datasets were registered — and a smaller fraction is contained in a
+    larger one for the same seed. The kept dicts stay in their original order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"DATASETS.LABEL_FRACTION must be in (0, 1], got {fraction}")
+    if not dicts:
+        raise ValueError("the training set is empty: nothing to take a label fraction of")
+    n = max(1, math.floor(fraction * len(dicts) + 0.5))
+
+    def rank(d: dict[str, Any]) -> tuple[str, str]:
+        name = str(d["file_name"])
+        return hashlib.sha256(f"{seed}:{os.path.basename(name)}".encode()).hexdigest(), name
+
+    keep = {id(d) for d in sorted(dicts, key=rank)[:n]}
+    return [d for d in dicts if id(d) in keep]
+
+
+def label_subset_text(subset: Sequence[dict[str, Any]], total: int, fraction: float, seed: int,
+                      datasets: Sequence[str]) -> str:
+    """``label_subset.txt``: a header saying how the list was drawn, then one file_name per line (sorted)."""
+    header = (f"# flowssl label subset: fraction {fraction}, seed {seed}: {len(subset)} of {total} training images "
+              f"of {', '.join(datasets)}\n# rule: images ranked by sha256('<seed>:<basename>'), the first "
+              "max(1, round(fraction*N)) kept\n")
+    return header + "".join(f"{name}\n" for name in sorted(str(d["file_name"]) for d in subset))
+
+
+def voc_root(root: Path) -> Path:
+    """Where ``VOC2007``/``VOC2012`` live: ``root`` itself (detectron2's layout) or ``root/VOCdevkit``
+    (the layout the VOC tarballs unpack to)."""
+    if not any((root / y).is_dir() for y in ("VOC2007", "VOC2012")) and (root / "VOCdevkit").is_dir():
+        return root / "VOCdevkit"
+    return root
+
+
 def register_flowssl_datasets(root: str | Path | None = None, synthetic_root: str | Path | None = None) -> None:
-    """Register ``bdd100k_det_{train,val}``, ``cityscapes_flowssl_instance_{train,val}`` and
-    ``synthetic_instance_{train,val}``. Paths: ``root`` or ``$DETECTRON2_DATASETS`` (default
-    ``datasets``); the synthetic data defaults to ``work_dirs/demo/data/synthetic_cityscapes``.
-    PASCAL VOC uses detectron2's builtin ``voc_2007_*``/``voc_2012_*`` names under the same root."""
+    """Register ``bdd100k_det_{train,val}``, ``cityscapes_flowssl_instance_{train,val}``,
+    ``synthetic_instance_{train,val}``, and re-register detectron2's builtin ``voc_2007_*``/``voc_2012_*``
+    under ``root`` — detectron2 registers those at import time from ``$DETECTRON2_DATASETS``, so a root
+    given later would not reach them. Paths: ``root`` or ``$DETECTRON2_DATASETS`` (default ``datasets``);
+    the synthetic data: ``synthetic_root``, else ``root/synthetic_cityscapes`` when it exists, else
+    ``work_dirs/demo/data/synthetic_cityscapes`` (where ``flowssl demo`` writes it)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets.builtin import register_all_pascal_voc
 
-    root = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
-    synthetic_root = Path(synthetic_root or "work_dirs/demo/data/synthetic_cityscapes")
+    root = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets")).expanduser()
+    if synthetic_root is None:
+        synthetic_root = root / "synthetic_cityscapes"
+        if not synthetic_root.is_dir():
+            synthetic_root = Path("work_dirs/demo/data/synthetic_cityscapes")
+    synthetic_root = Path(synthetic_root)
 
-    def add(name: str, loader: Any, **meta: Any) -> None:
+    def forget(name: str) -> None:
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
+
+    def add(name: str, loader: Any, **meta: Any) -> None:
+        forget(name)
         DatasetCatalog.register(name, loader)
         MetadataCatalog.get(name).set(**meta)
 
@@ -100,15 +239,14 @@ def register_flowssl_datasets(root: str | Path | None = None, synthetic_root: st
         add(f"synthetic_instance_{split}", lambda s=split: load_synthetic_instances(synthetic_root, s),
             thing_classes=list(SYNTHETIC_THING_CLASSES), evaluator_type="coco")
         cs = root / "cityscapes"
+        # COCO-style bbox/segm AP (COCOEvaluator): detectron2's CityscapesInstanceEvaluator needs the
+        # same missing deeplearning.projects import as its loader.
+        add(f"cityscapes_flowssl_instance_{split}",
+            lambda s=split, c=cs: load_cityscapes_instances(c / "leftImg8bit" / s, c / "gtFine" / s),
+            thing_classes=list(CITYSCAPES_THING_CLASSES), evaluator_type="coco",
+            image_dir=str(cs / "leftImg8bit" / split), gt_dir=str(cs / "gtFine" / split))
 
-        def cityscapes(s: str = split, c: Path = cs) -> list[dict[str, Any]]:
-            from detectron2.data.datasets.cityscapes import load_cityscapes_instances
-
-            return load_cityscapes_instances(str(c / "leftImg8bit" / s), str(c / "gtFine" / s), from_json=True,
-                                             to_polygons=True)
-
-        from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-
-        add(f"cityscapes_flowssl_instance_{split}", cityscapes, evaluator_type="cityscapes_instance",
-            image_dir=str(cs / "leftImg8bit" / split), gt_dir=str(cs / "gtFine" / split),
-            **{k: v for k, v in _get_builtin_metadata("cityscapes").items() if k == "thing_classes"})
+    # detectron2's own VOC registration (load_voc_instances, evaluator_type pascal_voc) under this root
+    for name in [n for n in DatasetCatalog.list() if n.startswith(("voc_2007_", "voc_2012_"))]:
+        forget(name)
+    register_all_pascal_voc(str(voc_root(root)))

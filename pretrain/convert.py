@@ -237,6 +237,52 @@ def d2_config_hints(enc: Encoder) -> dict[str, Any]:
     }
 
 
+# the depths detectron2's own ResNet builds that flowssl pretrains, with a model-zoo C4 config of that depth
+STOCK_D2_DEPTHS = {"resnet50": (50, "faster_rcnn_R_50_C4_1x.yaml"), "resnet101": (101, "faster_rcnn_R_101_C4_3x.yaml")}
+
+
+def d2_stock_fragment(enc: Encoder, weights: Path) -> str | None:
+    """A YAML fragment that makes detectron2's *stock* ResNet configs (model zoo, ``tools/train_net.py``)
+    read these weights as they were trained; None where the stock ResNet has no such depth.
+
+    A stock config otherwise loads the converted file without a warning but computes different
+    features: ``STRIDE_IN_1X1=True`` (MSRA's stride in the 1x1 conv, torchvision strides the 3x3),
+    BGR input and MSRA's pixel statistics (std 1)."""
+    if enc.arch not in STOCK_D2_DEPTHS:
+        return None
+    hints = d2_config_hints(enc)
+    os_ = hints["MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE"]
+    lines = [
+        f"# detectron2 config fragment for {weights.name}, written by `flowssl convert` "
+        f"({enc.meta.get('method', 'unknown')}, {enc.arch}, pretraining output stride {os_}).",
+        "# It makes a stock detectron2 ResNet config read the weights as they were trained: torchvision's",
+        "# bottleneck (stride in the 3x3 conv), RGB input, ImageNet statistics on the 0-255 scale. Without it",
+        "# a stock config loads the file silently but computes other features (STRIDE_IN_1X1, BGR, MSRA mean/std).",
+        "# Use: set _BASE_ to the model-zoo config you train (uncomment the line below), then",
+        "#   python <detectron2>/tools/train_net.py --config-file THIS.yaml --num-gpus 8 OUTPUT_DIR out",
+    ]
+    if os_ != 32:
+        lines += [f"# Pretrained at output stride {os_} (dilated res4/res5): the stock ResNet runs these weights",
+                  "# at its standard strides (RES5_DILATION only dilates a backbone res5, not the C4 ROI head's).",
+                  "# flowssl's configs/d2 (MODEL.FLOWSSL.RES4_DILATION/RES5_DILATION) keep the pretraining layout."]
+    lines += [
+        f"# _BASE_: \"<detectron2>/configs/COCO-Detection/{STOCK_D2_DEPTHS[enc.arch][1]}\"",
+        "MODEL:",
+        f"  WEIGHTS: {json.dumps(str(weights.resolve()))}",
+        f"  PIXEL_MEAN: {json.dumps(hints['MODEL.PIXEL_MEAN'])}",
+        f"  PIXEL_STD: {json.dumps(hints['MODEL.PIXEL_STD'])}",
+        "  RESNETS:",
+        f"    DEPTH: {STOCK_D2_DEPTHS[enc.arch][0]}",
+        "    STRIDE_IN_1X1: False",
+        "    NORM: \"FrozenBN\"   # the weights carry BatchNorm statistics",
+        "    RES5_DILATION: 1",
+        "INPUT:",
+        "  FORMAT: \"RGB\"",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -251,6 +297,8 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     if target not in TARGETS:
         raise CheckpointError(f"unknown --to '{target}'; choose one of {TARGETS}")
     out = Path(out)
+    if target == "detectron2" and out.suffix == ".yaml":
+        raise CheckpointError(f"output {out}: a detectron2 checkpoint is a .pkl (its config fragment gets the .yaml)")
     enc = read_encoder(src, source, drop_heads)
     missing = check_complete(enc, allow_missing)
     with atomic_path(out) as tmp:
@@ -278,9 +326,13 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     }
     if target == "detectron2":
         sidecar["detectron2_config"] = d2_config_hints(enc)
+        fragment = d2_stock_fragment(enc, out)
+        sidecar["detectron2_yaml"] = None
+        if fragment is not None:  # for detectron2's own tools/train_net.py and model-zoo configs
+            sidecar["detectron2_yaml"] = str(write_text_atomic(fragment, out.with_suffix(".yaml")))
     write_text_atomic(json.dumps(sidecar, indent=2), Path(f"{out}.json"))
     return sidecar
 
 
-__all__ = ["LAYOUTS", "TARGETS", "Encoder", "check_complete", "convert", "d2_config_hints", "d2_to_torchvision_name",
-           "read_encoder", "to_detectron2", "torchvision_to_d2_name"]
+__all__ = ["LAYOUTS", "TARGETS", "Encoder", "check_complete", "convert", "d2_config_hints", "d2_stock_fragment",
+           "d2_to_torchvision_name", "read_encoder", "to_detectron2", "torchvision_to_d2_name"]

@@ -58,7 +58,7 @@ def test_config_text(path):
 
 def test_bdd100k_json_to_detectron2_dicts(shared_data):
     src = shared_data / "bdd100k_labels_sample" / "det_box2d_example.json"
-    dicts = load_bdd100k_det(src, "/images")
+    dicts = load_bdd100k_det(src, "/images", height=720, width=1280)  # sizes given: no image headers read
     assert len(dicts) == 2 and dicts[0]["file_name"] == "/images/00091078-875c1f73-0000166.jpg"
     annos = [a for d in dicts for a in d["annotations"]]
     assert len(annos) == 1  # "person" kept as class person; "other person" is not among the 8 classes

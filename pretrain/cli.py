@@ -181,6 +181,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if "detectron2_config" in side:
         print("detectron2 config for this encoder:\n" + json.dumps(side["detectron2_config"], indent=2))
     print(f"wrote {args.out} (sha256 {side['sha256'][:12]}…) and {args.out}.json")
+    if side.get("detectron2_yaml"):
+        print(f"wrote {side['detectron2_yaml']}: set its _BASE_ to a model-zoo config to train with detectron2's "
+              "own tools/train_net.py (see README, 'Detection readout')")
     return 0
 
 

@@ -34,6 +34,25 @@ INPUTS = ("frames", "video")
 PAPER = {"crop_size": (512, 1024), "scale_range": (0.75, 1.25), "resize_to": (1080, 1920)}
 
 
+def use_slow_paths() -> None:
+    """Undo the two speed-ups this benchmark motivated, to print the 'before' numbers."""
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from pretrain.data import augment, pairs
+
+    augment.GaussianBlur.transform = v2.GaussianBlur.transform
+
+    def resize_whole_then_crop(x, size, box, mode="bilinear"):
+        y0, x0, ch, cw = box
+        if mode == "nearest":
+            return F.interpolate(x.float(), size, mode="nearest")[..., y0:y0 + ch, x0:x0 + cw] > 0.5
+        full = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+        return full[..., y0:y0 + ch, x0:x0 + cw]
+
+    pairs.resized_crop = resize_whole_then_crop
+
+
 def write_inputs(root: Path, frames: int, size: tuple[int, int]) -> tuple[Path, Path]:
     """A folder of JPEG frames and an MP4 of the same synthetic video (BDD100K is 30 fps JPEG/MOV)."""
     from pretrain.data.synthetic import MovingShapesVideo
@@ -87,7 +106,11 @@ def main() -> None:
     ap.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
     ap.add_argument("--size", type=int, nargs=2, default=(720, 1280), help="source frame H W (BDD100K: 720 1280)")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (a DataLoader worker has 1)")
+    ap.add_argument("--before", action="store_true",
+                    help="the pipeline before its speed-ups (torchvision's 2-D blur, resize whole frames then crop)")
     args = ap.parse_args()
+    if args.before:
+        use_slow_paths()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     size = tuple(args.size)
@@ -105,7 +128,8 @@ def main() -> None:
             ds_pre.pairs = ds_pre.pairs[:4]  # the cached ones
         print(f"FlowE data pipeline, source frames {size[0]}×{size[1]} → ×{PAPER['resize_to'][0] / size[0]:.2f} "
               f"× U{PAPER['scale_range']} → crop {PAPER['crop_size'][0]}×{PAPER['crop_size'][1]}, "
-              f"{args.threads} thread(s) per worker, {args.pairs} pairs")
+              f"{args.threads} thread(s) per worker, {args.pairs} pairs"
+              + (", BEFORE the speed-ups" if args.before else ""))
         print(f"{'flow':<13}{'input':<8}" + "".join(f"{s:>9}" for s in STAGES) + f"{'s/pair':>9}{'pairs/s':>9}")
         for source in args.sources:
             for inputs in args.inputs:

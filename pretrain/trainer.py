@@ -82,6 +82,20 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def data_workers(setting: int | str) -> int:
+    """DataLoader workers per process. ``'auto'``: every core this process may use, shared among the
+    processes of this node (torchrun's LOCAL_WORLD_SIZE), less one for the training loop — at the
+    paper's shapes one worker makes a few pairs per second while a GPU consumes far more
+    (benchmarks/data_pipeline.py, README 'Data pipeline'), so no core should sit idle."""
+    if setting != "auto":
+        if not isinstance(setting, int) or setting < 0:
+            raise ConfigError(f"num_workers must be a non-negative integer or 'auto', got {setting!r}")
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - 1)
+
+
 def batch_plan(global_batch: int | None, batch_size: int, world: int, accum_steps: int = 1,
                rule: str = "accumulate") -> tuple[int, float]:
     """(gradient-accumulation steps, lr factor) that give the config's global batch at any GPU count.
@@ -322,7 +336,7 @@ class Trainer:
     def _loader(self) -> DataLoader:
         sampler = IterationBatchSampler(self.iteration, self.max_iters, self.batch_size, self.accum,
                                         self.rank, self.world)
-        workers = self.cfg.get("num_workers", 0)
+        workers = data_workers(self.cfg.get("num_workers", 0))
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=2 if workers else None,

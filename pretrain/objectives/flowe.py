@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from ..flow.sources import FlowPair, build_flow_source
 from ..flow.warp import pixel_coords, warp
@@ -54,13 +53,41 @@ def _image_loss_rows(p: torch.Tensor, z: torch.Tensor, q: torch.Tensor, target_a
     return (normalized_squared_distance(p_up, z_warped, dim=1) * valid).sum()
 
 
+class _BandedImageLoss(torch.autograd.Function):
+    """Σ of eq. 5 over the view's pixels, band by band, with dΣ/dp computed in the same pass: the
+    loss reaches p only through this sum, so backward just scales the stored gradient (the size of
+    p, not of the view) — no full-resolution map is kept and nothing is recomputed."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, z: torch.Tensor, q: torch.Tensor, target_at: torch.Tensor,  # noqa: ANN001
+                weight: torch.Tensor, size: tuple[int, int], chunk_rows: int) -> torch.Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        total = p.new_zeros(())
+        grad_p = torch.zeros_like(p) if need_grad else None
+        for r0 in range(0, size[0], chunk_rows):
+            rows = slice(r0, min(r0 + chunk_rows, size[0]))
+            with torch.enable_grad():
+                leaf = p.detach().requires_grad_(need_grad)
+                band = _image_loss_rows(leaf, z, q[:, :, rows], target_at[:, :, rows], weight[:, rows], size)
+                if need_grad:
+                    grad_p += torch.autograd.grad(band, leaf)[0]
+            total += band.detach()
+        ctx.save_for_backward(grad_p if need_grad else p.new_zeros(()))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
+        (grad_p,) = ctx.saved_tensors
+        return (grad_p * grad_total if ctx.needs_input_grad[0] else None,) + (None,) * 6
+
+
 def image_resolution_loss(p: torch.Tensor, z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
                           size: tuple[int, int], chunk_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's loss (upsample p and z to the view, warp z by T, eq. 5 per view pixel) computed
-    in bands of ``chunk_rows`` view rows under activation checkpointing: neither the upsampled maps
-    nor the warped one ever exist whole, and backward recomputes one band at a time. Same numbers
-    as the straightforward version (a test checks loss and gradients), at the memory of the
-    feature-grid loss. ``t``/``valid`` [B,2,H,W]/[B,H,W] are T and its validity per view pixel."""
+    in bands of ``chunk_rows`` view rows (:class:`_BandedImageLoss`): neither the upsampled maps nor
+    the warped one ever exist whole. Same numbers as the straightforward version (a test checks loss
+    and gradients), at the memory of the feature-grid loss. ``t``/``valid`` [B,2,H,W]/[B,H,W] are T
+    and its validity per view pixel; z is a target (no gradient)."""
     h, w = size
     b = p.shape[0]
     q = pixel_coords(h, w, p.device).expand(b, -1, -1, -1)
@@ -69,11 +96,7 @@ def image_resolution_loss(p: torch.Tensor, z: torch.Tensor, t: torch.Tensor, val
               & (target_at[:, 1] <= h - 1))
     valid = valid & inside
     weight = valid.to(p.dtype)
-    total = p.new_zeros(())
-    for r0 in range(0, h, chunk_rows):
-        rows = slice(r0, min(r0 + chunk_rows, h))
-        total = total + checkpoint(_image_loss_rows, p, z, q[:, :, rows], target_at[:, :, rows], weight[:, rows],
-                                   size, use_reentrant=False)
+    total = _BandedImageLoss.apply(p, z.detach(), q, target_at, weight, size, chunk_rows)
     return total / weight.sum().clamp(min=1), valid
 
 

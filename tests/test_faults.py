@@ -485,3 +485,15 @@ def test_trainer_prints_the_effective_batch(tmp_path, caplog):
     assert "effective batch 16 = 4 per process × 1 process(es) × 4 accumulation step(s)" in caplog.text
     with pytest.raises(ConfigError, match="not a multiple"):
         Trainer(load_config(DEMO_CONFIG, {**TINY, "global_batch": 6}), tmp_path)
+
+
+def test_data_workers_auto_shares_the_cores_among_the_node_processes(monkeypatch):
+    from pretrain.trainer import data_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert data_workers("auto") == 3 and data_workers(2) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+    assert data_workers("auto") == 1
+    with pytest.raises(ConfigError, match="num_workers"):
+        data_workers("four")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .api import Trainer, load_config
@@ -17,18 +18,25 @@ DEMO_CONFIGS["imagenet_supervised"] = CONFIG_DIR / "pretrain" / "imagenet_superv
 
 
 def run_table_demo(work_dir: Path) -> str:
-    """The default demo: the tiny benchmark for one seed — Rand Init, BYOL, FlowE and cross-pixel
-    similarity pretrained on the synthetic video with one budget, read out with frozen DeepLab v1."""
+    """The default demo: the tiny benchmark for one seed — every method of ``configs/bench/tiny.py``
+    pretrained on the crowded synthetic street with one budget, read out frozen (DeepLab v1, and
+    Faster R-CNN C4 when detectron2 is installed) on held-out videos."""
     from .bench import PRESETS, Bench
 
-    print(f"pretraining 4 methods on the synthetic video and reading each out (work dir {work_dir})")
-    table = Bench(PRESETS["tiny"], work_dir, seeds=[0]).run()
+    bench = Bench(PRESETS["tiny"], work_dir, seeds=[0])
+    methods = list(bench.plan.methods)
+    iters = int(bench.plan.get("pretrain_options", {}).get("max_iters", 0))
+    print(f"pretraining {len(methods)} methods ({', '.join(methods)}) on the synthetic street video and reading "
+          f"each out (work dir {work_dir})")
+    t0 = time.perf_counter()
+    table = bench.run()
     print(table, end="")
-    print(f"\ncheckpoints:      {work_dir / 'pretrain'}/<method>/seed0/iter_*.pth\n"
+    print(f"\nwall time: {(time.perf_counter() - t0) / 60:.1f} min\n"
+          f"checkpoints:      {work_dir / 'pretrain'}/<method>/seed0/iter_*.pth\n"
           f"readout results:  {work_dir / 'results'}/<method>/synthetic/<readout>/seed0/results.json\n"
           f"full logs:        {work_dir / 'logs'}/ (mmengine/detectron2 output of every readout)\n"
           "next:\n"
-          f"  flowssl show embeddings {work_dir}/pretrain/flowe/seed0/iter_0000060.pth IMAGE.png --out emb.png\n"
+          f"  flowssl show embeddings {work_dir}/pretrain/flowe/seed0/iter_{iters:07d}.pth IMAGE.png --out emb.png\n"
           "  flowssl bench --preset tiny            # all 3 seeds, mean ± std\n"
           "  flowssl bench configs/bench/paper_bdd100k.py --print-commands   # the paper's runs, for a cluster")
     return table

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretrain.data.synthetic import MovingShapesVideo
+from pretrain.data.coloured_shapes import ColouredShapesVideo
+from pretrain.data.synthetic import MovingShapesVideo, ShapeWorld
 from pretrain.flow import warp
 from pretrain.geometry import apply_affine, invert_affine, random_affine, render_view, view_flow
 
@@ -33,7 +34,7 @@ def test_render_view_places_source_pixels_at_a_p():
     assert torch.isclose(view[0, 0, 7, 25], torch.tensor(1.0)) and torch.isclose(view.sum(), torch.tensor(1.0))
 
 
-def _composition_error(video: MovingShapesVideo, seed: int, dt: float) -> tuple[float, float, float]:
+def _composition_error(video: ShapeWorld, seed: int, dt: float) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
     size = (video.height, video.width)
     f1, f2 = video.render(0)["image"][None], video.render(dt)["image"][None]
@@ -48,7 +49,9 @@ def _composition_error(video: MovingShapesVideo, seed: int, dt: float) -> tuple[
 
 
 def test_composition_recovers_camera_motion_under_random_affines():
-    video = MovingShapesVideo(4, num_objects=0, camera_speed=4.0, zoom_rate=0.05)
+    # the first world's smooth background: the 1 % bound measures the composition, not bilinear
+    # resampling of the crowded world's sharp region edges
+    video = ColouredShapesVideo(4, num_objects=0, camera_speed=4.0, zoom_rate=0.05)
     for seed in range(5):
         err90, unaligned, frac = _composition_error(video, seed, dt=2.0)
         assert frac > 0.1

@@ -1,4 +1,5 @@
 # CPU demo: BYOL on the embedded synthetic video with the light ResNet-14 (OS8), a few minutes.
+# Random resized 64×128 views of whole 128×256 frames (BYOL's crops, FlowE Table 1's "BYOL").
 _base_ = ["./_base_/default_runtime.py"]
 
 model = dict(type="byol", encoder=dict(arch="resnet14", output_stride=8),

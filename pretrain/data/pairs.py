@@ -28,7 +28,7 @@ from ..registry import DATASETS
 from .augment import BYOLViews, normalize, photometric
 from .datasets import SeededDataset
 from .frames import BadDataError, BadFileCounter, list_images, read_rgb
-from .synthetic import MovingShapesVideo, video_seed
+from .synthetic import ShapeWorld, WindowedVideo, video_seed, world_class
 
 log = logging.getLogger("flowssl")
 
@@ -198,25 +198,35 @@ class FramePairs(SeededDataset):
 
 @DATASETS.register_module()
 class SyntheticPairs(FramePairs):
-    """Pairs of the embedded synthetic video; ``flow=dict(type='ground_truth')`` gives exact flow."""
+    """Pairs of the embedded synthetic video; ``flow=dict(type='ground_truth')`` gives exact flow.
+
+    Videos are ``height``×``width``; with ``scale_range=(1, 1)`` (the default) each pair renders only
+    its ``crop_size`` window, which is the crop of the whole frame at the cost of the crop.
+    ``world='coloured'`` is the first world (class = colour), for comparisons."""
 
     def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, frame_gap: int = 2,
-                 height: int = 128, width: int = 256, video: dict | None = None, **kwargs: Any) -> None:
+                 height: int = 128, width: int = 256, video: dict | None = None, world: str = "crowded",
+                 **kwargs: Any) -> None:
         kwargs.setdefault("crop_size", (height, width))
         kwargs.setdefault("scale_range", (1.0, 1.0))
         super().__init__(seed, **kwargs)
         self.num_videos, self.num_frames, self.frame_gap = num_videos, num_frames, frame_gap
         self.height, self.width, self.video_kwargs = height, width, dict(video or {})
+        self.world_class = world_class(world)
 
     @lru_cache(maxsize=256)  # noqa: B019
-    def video(self, index: int) -> MovingShapesVideo:
-        return MovingShapesVideo(video_seed(self.seed, "pretrain", index), self.height, self.width,
-                                 **self.video_kwargs)
+    def video(self, index: int) -> ShapeWorld:
+        return self.world_class(video_seed(self.seed, "pretrain", index), self.height, self.width,
+                                **self.video_kwargs)
 
     def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        v = self.video(int(rng.integers(self.num_videos)))
+        v: ShapeWorld | WindowedVideo = self.video(int(rng.integers(self.num_videos)))
         t = int(rng.integers(self.num_frames))
-        info = {"videos": [v], "times": [(t, t + self.frame_gap)], "keys": [f"{v.seed}_{t}"]}
+        (ch, cw), key = self.crop_size, f"{v.seed}_{t}"
+        if self.scale_range == (1.0, 1.0) and (ch, cw) != (self.height, self.width):
+            y0, x0 = int(rng.integers(self.height - ch + 1)), int(rng.integers(self.width - cw + 1))
+            v, key = WindowedVideo(v, (y0, x0, ch, cw)), f"{key}_{y0}_{x0}"
+        info = {"videos": [v], "times": [(t, t + self.frame_gap)], "keys": [key]}
         return v.render(t)["image"], v.render(t + self.frame_gap)["image"], info
 
 

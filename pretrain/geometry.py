@@ -20,16 +20,19 @@ from .precision import fp32
 
 
 def random_affine(rng: np.random.Generator, size: tuple[int, int], scale: tuple[float, float] = (0.5, 2.0),
-                  rotation: float = 30.0, translate: float = 0.0) -> torch.Tensor:
+                  rotation: float = 30.0, translate: float = 0.0, hflip: float = 0.0) -> torch.Tensor:
     """Scale U[scale] and rotation U[−rotation°, rotation°] about the image centre (FlowE §3.3),
-    optionally a translation of up to ``translate``·size. Scale is drawn log-uniformly so that
-    zooming in and out are equally likely."""
+    optionally a translation of up to ``translate``·size and, with probability ``hflip``, a mirror
+    about the vertical centre line (PooDLe's dense augmentation). Scale is drawn log-uniformly so
+    that zooming in and out are equally likely."""
     h, w = size
     s = math.exp(rng.uniform(math.log(scale[0]), math.log(scale[1])))
     a = math.radians(rng.uniform(-rotation, rotation))
     t = rng.uniform(-translate, translate, 2) * np.array([w, h])
     c = np.array([(w - 1) / 2, (h - 1) / 2])
     lin = s * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    if hflip and rng.uniform() < hflip:  # no extra draw when off: earlier configs keep their streams
+        lin = lin @ np.diag([-1.0, 1.0])
     return torch.tensor(np.concatenate([lin, (c - lin @ c + t)[:, None]], 1), dtype=torch.float32)
 
 

@@ -45,6 +45,19 @@ PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float, float, float]]]] = 
 PUBLISHED_LIMITED_LABELS = {"supervised_end_to_end": {"1%": 42.0, "10%": 53.9, "100%": 63.3},
                             "flowe": {"1%": 59.5, "10%": 64.0, "100%": 68.8}}
 
+# PooDLe (Wang et al., ICLR 2025), its main BDD100K table (the first results table; read from the project
+# page's results image, the PDF text was not available offline). Other protocols than FlowE's: "linear"
+# and "UperNet" segmentation heads (PooDLe's linear readout sits on its decoder), "Det C4" and "FPN"
+# detectors — so these rows stand beside ours, never differenced. The FlowE row is PooDLe's authors'
+# re-run (100 epochs, 512×1024), not FlowE's paper.
+POODLE_COLUMNS = ("BDD linear", "BDD UperNet", "BDD Det C4", "BDD FPN", "CS linear", "CS UperNet")
+PUBLISHED_POODLE: dict[str, tuple[float, ...]] = {
+    "rand_init": (9.7, 26.1, 0.0, 7.7, 9.8, 30.7),
+    "flowe": (35.7, 47.3, 3.2, 23.8, 43.1, 57.7),
+    "poodle": (39.2, 49.9, 4.9, 25.2, 47.2, 60.7),
+    "imagenet_supervised": (36.7, 55.2, 3.6, 24.9, 46.8, 63.4),
+}
+
 
 def result_value(data: dict) -> float | None:
     """The number a results.json contributes: mIoU for segmentation, mask AP if present else box AP."""
@@ -152,17 +165,24 @@ def render(results: str | Path, fmt: str = "md") -> str:
         return "\n".join(lines) + "\n"
     if fmt != "md":
         raise ValueError(f"unknown format '{fmt}'; choose md, latex or csv")
+    table = collect(results)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", "Limited labels, FlowE Table 6 (mIoU, fine-tuned standard header, by fraction of training "
               "labels; the paper's rows are UrbanCity):",
               "| dataset | method | " + " | ".join(LIMITED_FRACTIONS) + " |",
               "|---|---|" + "---|" * len(LIMITED_FRACTIONS)]
-    for (d, m), cols in sorted(collect(results).items()):
+    for (d, m), cols in sorted(table.items()):
         if any(cols.get(f) for f in LIMITED_FRACTIONS):
             lines.append(f"| {d} | {m} | " + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
     for m, v in PUBLISHED_LIMITED_LABELS.items():
         lines.append(f"| urbancity | {m} (paper) | " + " | ".join(f"{v[f]:.1f}" for f in LIMITED_FRACTIONS) + " |")
+    if any(m == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):
+        lines += ["", "PooDLe's published numbers (Wang et al., ICLR 2025, main BDD100K table; mIoU / mAP, their "
+                  "protocols, not comparable cell by cell with the columns above; FlowE = their re-run):",
+                  "| method | " + " | ".join(POODLE_COLUMNS) + " |", "|---|" + "---|" * len(POODLE_COLUMNS)]
+        lines += [f"| {m} (PooDLe paper) | " + " | ".join(f"{v:.1f}" for v in vals) + " |"
+                  for m, vals in PUBLISHED_POODLE.items()]
     if notes:
         lines += [""] + [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
     return "\n".join(lines) + "\n"

@@ -64,3 +64,20 @@ def test_s3_configs_use_the_papers_number_of_regions(name, regions):
     assert cfg.model.num_regions == regions
     model = build_from(OBJECTIVES, {**dict(cfg.model), "encoder": {"arch": "resnet14"}}, "objective")
     assert model.segment.out_channels == regions
+
+
+def test_poodle_paper_config_carries_the_reference_values():
+    """configs/pretrain/poodle_r50_bdd100k.py: the values its comments source (PooDLe code, paper epochs)."""
+    cfg = load_config(REPO / "configs" / "pretrain" / "poodle_r50_bdd100k.py")
+    m = cfg.model
+    assert (m.type, m.encoder.arch, m.encoder.output_stride) == ("poodle", "resnet50", 32)
+    assert m.decoder == {"channels": 2048, "hidden_factor": 0.5}
+    assert m.subcrops == {"num": 6, "scale": (0.05, 0.3), "ratio": (3 / 4, 4 / 3), "size": (192, 192),
+                          "jitter": 0.1, "max_tries": 5}
+    assert m.loss_weights == {"dense": 0.5, "pooled": 0.5} and m.loss_resolution == "image"
+    assert (m.flow.weights, m.flow.num_flow_updates) == ("C_T_V2", 24)
+    assert cfg.optimizer == {"type": "AdamW", "lr": 5e-4, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 1e-2}
+    assert cfg.batch_size * 32 == cfg.global_batch == 128
+    assert tuple(cfg.data.interval_s) == (0.5, 1.0) and tuple(cfg.data.crop_size) == (512, 1024)
+    assert cfg.data.affine == {"scale": (0.9, 1.1), "rotation": 10.0, "hflip": 0.5}
+    assert cfg.max_iters == 54700 and cfg.lr_schedule.warmup_iters == 1094

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.synthetic import MovingShapesVideo
+from pretrain.flow.warp import pixel_coords, warp
 from pretrain.geometry import random_affine
-from pretrain.objectives.flowe import FlowE, equivariance_loss, upsampled_at
+from pretrain.objectives.flowe import FlowE, _warped_rows, _warped_taps, equivariance_loss, upsampled_at
 
 
 def test_upsampled_at_reads_interpolate_at_any_pixel():
@@ -21,6 +22,29 @@ def test_upsampled_at_reads_interpolate_at_any_pixel():
     got = upsampled_at(x, xs, ys, (48, 72))
     want = torch.stack([full[b][:, ys[b].long(), xs[b].long()] for b in range(2)])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_both_band_warps_equal_warping_the_upsampled_map():
+    """The two ways a band reads z upsampled-then-warped — the rows it touches, or four taps per
+    pixel (chosen by how many rows the targets span) — equal ``warp`` over the whole upsampled map."""
+    b, c, h, w = 2, 6, 40, 56
+    z = torch.randn(b, c, h // 8, w // 8)
+    full = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
+    q = pixel_coords(h, w, z.device).expand(b, -1, -1, -1)
+    yy = q[:, 1:2]
+    shift = torch.cat([2.3 + 0 * yy, -1.7 + 0.05 * yy], 1)  # rows move by little: the rows path
+    rotate = torch.cat([0.4 * (yy - h / 2), 0.5 * (q[:, :1] - w / 2)], 1)  # far-away rows: the taps path
+    for t in (shift, rotate):
+        want, inside = warp(full, t)
+        weight = inside.float()
+        for r0, r1 in ((0, 8), (8, 15), (15, h)):
+            band = slice(r0, r1)
+            target = (q + t)[:, :, band]
+            rows = _warped_rows(z, target, weight[:, band], (h, w))
+            taps = _warped_taps(z, target, (h, w))
+            keep = inside[:, None, band]
+            torch.testing.assert_close(rows * keep, want[:, :, band] * keep, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(taps * keep, want[:, :, band] * keep, rtol=1e-5, atol=1e-5)
 
 
 def _batch(h: int = 64, w: int = 128, b: int = 2) -> dict[str, torch.Tensor]:

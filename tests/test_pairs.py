@@ -32,12 +32,16 @@ def _write_frames(folder, n=6, seed=0, size=(64, 128)):
     return video
 
 
-def test_synthetic_pair_views_are_related_by_the_composed_flow():
+@pytest.mark.parametrize("affine", [None, {"scale": (0.9, 1.1), "rotation": 10.0, "hflip": 1.0}],
+                         ids=["flowe", "poodle-mirrored"])
+def test_synthetic_pair_views_are_related_by_the_composed_flow(affine):
     # the first world's smooth textures: this measures the composition, not resampling of sharp textures
     ds = SyntheticPairs(seed=1, num_videos=2, height=64, width=128, colour=False, flow={"type": "ground_truth"},
-                        world="coloured")
+                        world="coloured", affine=affine)
     for i in range(3):
         s = ds[i]
+        if affine:  # mirrored: the linear part has a negative determinant
+            assert torch.linalg.det(s["affine1"][:, :2]) < 0
         t, valid = view_flow(s["affine1"][None], s["affine2"][None], s["flow_fw"][None], s["valid_fw"][None],
                              (64, 128))
         aligned, inside = warp(s["view2"][None], t)
@@ -110,6 +114,13 @@ def test_video_pairs_decode_frames_interval_apart(tmp_path):
     i0 = int(np.argmin([(video.render(t)["image"] - a).abs().mean() for t in range(20)]))
     i1 = int(np.argmin([(video.render(t)["image"] - b).abs().mean() for t in range(20)]))
     assert i1 - i0 == 5  # 0.5 s at 10 fps
+    gaps = set()
+    for seed in range(6):  # PooDLe's drawn gap: 0.5–1 s = 5–10 frames at 10 fps
+        a, b = read_video_pair(path, np.random.default_rng(seed), (0.5, 1.0))
+        i0 = int(np.argmin([(video.render(t)["image"] - a).abs().mean() for t in range(20)]))
+        i1 = int(np.argmin([(video.render(t)["image"] - b).abs().mean() for t in range(20)]))
+        gaps.add(i1 - i0)
+    assert gaps <= set(range(5, 11)) and len(gaps) > 1
 
 
 def test_flow_precompute_is_resumable_and_feeds_the_precomputed_source(tmp_path, capsys):
@@ -126,6 +137,39 @@ def test_flow_precompute_is_resumable_and_feeds_the_precomputed_source(tmp_path,
     ds = build_from(DATASETS, data, "dataset", seed=0)
     s = ds[0]
     assert s["flow_fw"].shape == (2, 48, 96) and "frame1" not in s
+
+
+def test_flow_cache_stores_the_consistency_masks_training_reads(tmp_path, monkeypatch):
+    """The cache holds each direction's forward–backward mask (α recorded), so the precomputed source
+    reads it instead of re-running the check; with other α it recomputes; both agree with the check."""
+    from pretrain.flow import sources
+    from pretrain.flow.sources import FlowPair, PrecomputedFlow
+    from pretrain.flow.tools import precompute_cache
+
+    video = _write_frames(tmp_path / "frames" / "seq", n=3)
+    paths = sorted((tmp_path / "frames" / "seq").glob("*.png"))[::2]
+    dis = sources.build_flow_source({"type": "dis"})
+    precompute_cache([(paths[0], paths[1])], ["seq/a__b"], tmp_path / "cache", dis)
+    meta = json.loads((tmp_path / "cache" / "flow_cache.json").read_text())
+    assert meta["valid"] == {"kind": "forward-backward consistency", "alpha1": 0.01, "alpha2": 0.5}
+    img = video.render(0)["image"][None]
+    cached = PrecomputedFlow(str(tmp_path / "cache"))
+    assert cached.stored_valid
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("the consistency check ran although the cache holds the masks")
+
+    with monkeypatch.context() as m:
+        m.setattr(FlowPair, "from_consistency", no_check)
+        read = cached(img, img, {"keys": ["seq/a__b"]})
+    recomputed = FlowPair.from_consistency(read.fw, read.bw, 0.01, 0.5)
+    assert (~read.valid_fw).float().mean() > 0.001  # the masks are not all-valid
+    for stored, checked in ((read.valid_fw, recomputed.valid_fw), (read.valid_bw, recomputed.valid_bw)):
+        assert (stored == checked).float().mean() > 0.995  # equal up to the 1/64-px quantisation
+    other = PrecomputedFlow(str(tmp_path / "cache"), alpha1=0.05)
+    assert not other.stored_valid
+    torch.testing.assert_close(other(img, img, {"keys": ["seq/a__b"]}).valid_fw.float(),
+                               FlowPair.from_consistency(read.fw, read.bw, 0.05, 0.5).valid_fw.float())
 
 
 def test_flow_show_writes_pictures(tmp_path, capsys):

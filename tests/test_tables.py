@@ -3,7 +3,7 @@ import io
 import json
 
 from pretrain.cli import main
-from pretrain.tables import PUBLISHED, render
+from pretrain.tables import PUBLISHED, PUBLISHED_POODLE, render
 
 
 def _write(root, method, dataset, readout, seed, metrics):
@@ -46,6 +46,18 @@ def test_published_numbers_are_table1_values():
     assert PUBLISHED["bdd100k"]["byol_crop_video"] == (8.2, 0.0, 10.7, 2.1)
     assert PUBLISHED["urbancity"]["flowe"] == (49.6, 5.8, 61.7, 19.0)
     assert PUBLISHED["cityscapes"]["imagenet_supervised"] == (43.8, 6.1, 59.9, 25.3)
+
+
+def test_poodle_reference_rows_stand_beside_ours_without_a_difference(tmp_path):
+    _write(tmp_path, "poodle", "bdd100k", "deeplabv1", 0, {"mIoU": 36.0})
+    md = render(tmp_path, "md")
+    assert "| bdd100k | poodle | 36.0 | – | – | – |" in md
+    assert "poodle (ours − paper)" not in md  # other protocols: no difference row
+    assert "| poodle (PooDLe paper) | 39.2 | 49.9 | 4.9 | 25.2 | 47.2 | 60.7 |" in md
+    assert "| flowe (PooDLe paper) | 35.7 | 47.3 | 3.2 | 23.8 | 43.1 | 57.7 |" in md
+    assert PUBLISHED_POODLE["rand_init"][:2] == (9.7, 26.1)
+    _write(tmp_path / "synthetic_only", "flowe", "synthetic", "deeplabv1", 0, {"mIoU": 17.0})
+    assert "PooDLe paper" not in render(tmp_path / "synthetic_only", "md")
 
 
 def test_missing_results_folder(tmp_path, capsys):

@@ -14,6 +14,7 @@ methods = dict(
     flow_similarity="configs/pretrain/flow_similarity_r14_synthetic_demo.py",
     flow_classification="configs/pretrain/flow_classification_r14_synthetic_demo.py",
     s3_affine="configs/pretrain/s3_affine_r14_synthetic_demo.py",
+    poodle="configs/pretrain/poodle_r14_synthetic_demo.py",
 )
 checkpoints = dict()  # name="path/to/checkpoint.pth" to read out checkpoints trained elsewhere
 pretrain_options = dict(max_iters=60, checkpoint_interval=60, num_workers=1, quiet=False)  # a progress bar

@@ -315,9 +315,10 @@ VIDEO_SUFFIXES = (".mov", ".mp4", ".avi", ".mkv")
 @DATASETS.register_module()
 class VideoPairs(FramePairs):
     """Random frame pairs ``interval_s`` apart from video files (BDD100K: .mov, 30 fps, 0.5 s; frames
-    are upsampled to 1080×1920 as in FlowE §4.2 via ``resize_to``). Decoded with OpenCV (FFmpeg)."""
+    are upsampled to 1080×1920 as in FlowE §4.2 via ``resize_to``). Decoded with OpenCV (FFmpeg).
+    ``interval_s=(lo, hi)`` draws the gap per pair, uniformly in whole frames (PooDLe: 15–30 frames)."""
 
-    def __init__(self, root: str, interval_s: float = 0.5, seed: int = 0,
+    def __init__(self, root: str, interval_s: float | tuple[float, float] = 0.5, seed: int = 0,
                  resize_to: tuple[int, int] | None = (1080, 1920), **kwargs: Any) -> None:
         super().__init__(seed, resize_to=resize_to, **kwargs)
         root_p = Path(root)
@@ -338,15 +339,19 @@ class VideoPairs(FramePairs):
 
 
 def read_video_pair(path: Path, rng: np.random.Generator,
-                    interval_s: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Two frames ``interval_s`` apart at a random time, or None if the video cannot be decoded."""
+                    interval_s: float | tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Two frames ``interval_s`` (or a gap drawn in [lo, hi] s) apart at a random time, or None if the
+    video cannot be decoded."""
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
             return None
         fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        gap = max(1, round(interval_s * fps))
+        if isinstance(interval_s, (tuple, list)):
+            gap = max(1, int(rng.integers(round(interval_s[0] * fps), round(interval_s[1] * fps) + 1)))
+        else:
+            gap = max(1, round(interval_s * fps))
         if n <= gap:
             return None
         i = int(rng.integers(n - gap))

@@ -226,16 +226,20 @@ class PrecomputedFlow(FlowSource):
                              "folder name only (two sequences with the same leaf name shared one flow); fill a new "
                              "cache with 'flowssl flow precompute'")
         self.scale = float(info["scale"])
+        # masks in the PNGs are usable when they are the check this source would compute (same α)
+        valid = info.get("valid") or {}
+        self.stored_valid = (valid.get("kind") == "forward-backward consistency"
+                             and (valid.get("alpha1"), valid.get("alpha2")) == (self.alpha1, self.alpha2))
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
         if not info or "keys" not in info:
             raise ValueError("precomputed flow needs the pair keys of the batch (info['keys'])")
-        fws, bws = [], []
-        for key in info["keys"]:
-            fws.append(read_flow_png(self.root / f"{key}_fw.png", self.scale)[0])
-            bws.append(read_flow_png(self.root / f"{key}_bw.png", self.scale)[0])
-        return FlowPair.from_consistency(torch.stack(fws).to(img1.device), torch.stack(bws).to(img1.device),
-                                         self.alpha1, self.alpha2)
+        read = [[read_flow_png(self.root / f"{key}_{d}.png", self.scale) for d in ("fw", "bw")]
+                for key in info["keys"]]
+        stack = lambda d, i: torch.stack([r[d][i] for r in read]).to(img1.device)  # noqa: E731
+        if self.stored_valid:
+            return FlowPair(stack(0, 0), stack(1, 0), stack(0, 1), stack(1, 1))
+        return FlowPair.from_consistency(stack(0, 0), stack(1, 0), self.alpha1, self.alpha2)
 
 
 @FLOW_SOURCES.register_module(name="ground_truth")

@@ -20,11 +20,16 @@ from .warp import warp
 def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path, source: FlowSource,
                      scale: float = KITTI_SCALE, device: str = "cpu") -> dict[str, int]:
     """Fill ``out`` with ``{key}_fw.png``/``{key}_bw.png`` for every pair; pairs already done are
-    skipped, so an interrupted run resumes where it stopped. Returns counts."""
+    skipped, so an interrupted run resumes where it stopped. Returns counts.
+
+    Each PNG's third channel holds the forward–backward consistency mask of its direction (the
+    source's α₁, α₂, recorded in ``flow_cache.json``), so training reads it instead of recomputing
+    the check at full frame size in every worker. A cache begun without masks stays without."""
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "flow_cache.json"
     info = {"scale": scale, "source": type(source).__name__, "format": "16-bit PNG, (I - 2^15)/scale, valid=ch3",
-            "key_format": CACHE_KEY_FORMAT}
+            "key_format": CACHE_KEY_FORMAT,
+            "valid": {"kind": "forward-backward consistency", "alpha1": source.alpha1, "alpha2": source.alpha2}}
     if meta.is_file():
         old = json.loads(meta.read_text())
         if old.get("scale") != scale:
@@ -32,6 +37,8 @@ def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path,
         if old.get("key_format") != CACHE_KEY_FORMAT:
             raise ValueError(f"{out} was filled by an older flowssl whose keys were only the leaf folder name "
                              "(sequences with the same leaf name shared a flow); use a new --out")
+        if old.get("valid") != info["valid"]:  # pairs already written hold no masks, or other α: say none
+            info.pop("valid")
     write_text_atomic(json.dumps(info, indent=2), meta)
     counts = {"done": 0, "skipped": 0, "unreadable": 0}
     source = source.to(device)
@@ -46,8 +53,8 @@ def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path,
             tqdm.write(f"skipping unreadable pair {a} / {b}")
             continue
         pair = source(img1[None].to(device), img2[None].to(device), {"keys": [key]})
-        write_flow_png(fw_path, pair.fw[0].cpu(), scale=scale)
-        write_flow_png(bw_path, pair.bw[0].cpu(), scale=scale)
+        write_flow_png(fw_path, pair.fw[0].cpu(), pair.valid_fw[0].cpu(), scale=scale)
+        write_flow_png(bw_path, pair.bw[0].cpu(), pair.valid_bw[0].cpu(), scale=scale)
         counts["done"] += 1
     return counts
 

@@ -1,6 +1,7 @@
 """Encoders and heads."""
 
+from .decoder import SpatialDecoder
 from .encoder import ARCHS, ResNetEncoder, build_encoder
 from .heads import HypercolumnHead, MLPHead
 
-__all__ = ["ARCHS", "HypercolumnHead", "MLPHead", "ResNetEncoder", "build_encoder"]
+__all__ = ["ARCHS", "HypercolumnHead", "MLPHead", "ResNetEncoder", "SpatialDecoder", "build_encoder"]

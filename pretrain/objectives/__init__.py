@@ -5,9 +5,10 @@ from .byol import BYOL
 from .crosspixel import CrossPixelFlowSimilarity, FlowClassification
 from .fixed import ImageNetSupervised, RandInit
 from .flowe import FlowE
+from .poodle import PooDLe
 from .s3 import S3Affine, S3Entropy
 
 __all__ = [
     "BYOL", "BootstrapObjective", "CrossPixelFlowSimilarity", "FlowClassification", "FlowE", "ImageNetSupervised",
-    "RandInit", "S3Affine", "S3Entropy",
+    "PooDLe", "RandInit", "S3Affine", "S3Entropy",
 ]

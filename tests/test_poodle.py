@@ -1,0 +1,245 @@
+"""PooDLe: the spatial decoder's grid, flow-paired subcrops, the pooled BYOL loss, a short run, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.api import Trainer, load_config
+from pretrain.data.synthetic import MovingShapesVideo
+from pretrain.flow.warp import warp
+from pretrain.geometry import view_flow
+from pretrain.losses import byol_loss
+from pretrain.models.decoder import SpatialDecoder
+from pretrain.objectives import BYOL
+from pretrain.objectives.poodle import PooDLe, crop_boxes, flow_subcrops
+
+from .conftest import REPO
+
+POODLE_DEMO = REPO / "configs" / "pretrain" / "poodle_r14_synthetic_demo.py"
+EYE = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+SMALL = {"projector": {"hidden_channels": 32, "out_channels": 16}, "predictor": {"hidden_channels": 32},
+         "pooled_projector": {"hidden_channels": 32, "out_channels": 16}, "pooled_predictor": {"hidden_channels": 32},
+         "decoder": {"channels": 64}}
+
+
+def _ramp(stride: int, h: int, w: int, channels: int) -> torch.Tensor:
+    """f(x, y) = x + 2y + 100 at the centres s·k + (s − 1)/2 of a stride-s grid, in every channel."""
+    ys = torch.arange(-(-h // stride)) * stride + (stride - 1) / 2
+    xs = torch.arange(-(-w // stride)) * stride + (stride - 1) / 2
+    return (xs[None, :] + 2 * ys[:, None] + 100).expand(1, channels, -1, -1).clone()
+
+
+def test_decoder_output_cells_are_the_cells_the_loss_warps():
+    """With identity blocks and laterals the decoder sums its three inputs: for a linear ramp sampled
+    at each stage's cell centres it must give 3× the ramp at the stride-8 centres s·k + (s − 1)/2 —
+    the grid ``view_flow(stride=8)`` composes T on — and warping it by that T moves it by the flow."""
+    h, w, c = 96, 128, 8
+    dec = SpatialDecoder({"layer2": c, "layer3": c, "layer4": c}, channels=c)
+    with torch.no_grad():
+        for block in dec.blocks:  # Bottleneck → relu(0 + x): identity on positive maps
+            block.bn3.weight.zero_()
+            block.bn3.bias.zero_()
+        for lateral in dec.laterals:
+            lateral.weight.copy_(torch.eye(c)[:, :, None, None])
+            lateral.bias.zero_()
+    dec.eval()
+    feats = {"layer2": _ramp(8, h, w, c), "layer3": _ramp(16, h, w, c), "layer4": _ramp(32, h, w, c)}
+    with torch.no_grad():
+        out = dec(feats)
+    assert out.shape[-2:] == (h // 8, w // 8)
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))  # borders: bilinear clamps, twice
+    torch.testing.assert_close(out[inner], 3 * _ramp(8, h, w, c)[inner])
+
+    shift = torch.tensor([16.0, 8.0])  # frame flow in pixels → T = (2, 1) cells on the stride-8 grid
+    flow = shift[None, :, None, None].expand(1, 2, h, w)
+    t, valid = view_flow(EYE[None], EYE[None], flow, torch.ones(1, h, w, dtype=torch.bool), (h, w), stride=8)
+    warped, inside = warp(out, t)
+    want = 3 * (_ramp(8, h, w, c) + shift[0] + 2 * shift[1])
+    keep = (valid & inside)[:, None].expand_as(warped).clone()
+    keep[..., :3, :] = keep[..., -5:, :] = keep[..., :, :3] = keep[..., :, -5:] = False
+    assert keep.sum() > 0
+    torch.testing.assert_close(warped[keep], want[keep])
+
+
+@pytest.mark.parametrize("size", [(64, 128), (72, 104)])
+def test_decoder_map_matches_the_feature_loss_grid(size):
+    """On sizes that are not multiples of 32 too, the dense map has view_flow(stride=8)'s grid."""
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, **SMALL)
+    x = torch.randn(2, 3, *size)
+    dense = model.dense_map(x)
+    t, _ = view_flow(EYE.expand(2, 2, 3), EYE.expand(2, 2, 3), torch.zeros(2, 2, *size),
+                     torch.ones(2, *size, dtype=torch.bool), size, stride=8)
+    assert dense.shape[-2:] == t.shape[-2:] == (-(-size[0] // 8), -(-size[1] // 8))
+
+
+def _affine(scale: float, tx: float, ty: float) -> torch.Tensor:
+    return torch.tensor([[scale, 0.0, tx], [0.0, scale, ty]])
+
+
+def test_subcrop_partners_follow_an_analytic_motion():
+    """Frame motion d, view a = frame shifted, view b = frame zoomed: the partner of centre c must be
+    A_b(A_a⁻¹c + d) exactly (no jitter), every pair found, boxes centred there, box b no smaller."""
+    h, w, b = 60, 100, 3
+    a_a, a_b = _affine(1.0, -4.0, 3.0).expand(b, 2, 3), _affine(1.25, -12.0, -7.0).expand(b, 2, 3)
+    d = torch.tensor([3.0, -2.0])
+    flow = d[None, :, None, None].expand(b, 2, 120, 200).clone()
+    t, valid = view_flow(a_a, a_b, flow, torch.ones(b, 120, 200, dtype=torch.bool), (h, w))
+    torch.manual_seed(0)
+    crops = flow_subcrops(t, valid, num=6, jitter=0.0)
+    c = crops["centre_a"]
+    want = 1.25 * (c - torch.tensor([-4.0, 3.0]) + d) + torch.tensor([-12.0, -7.0])
+    inside = ((want >= 0) & (want <= torch.tensor([w - 1.0, h - 1.0]))).all(-1)
+    assert inside.float().mean() > 0.5  # the test sees real pairs
+    torch.testing.assert_close(crops["centre_b"][inside], want[inside], rtol=0, atol=1e-4)
+    assert crops["paired"][inside].all()
+    ctr = lambda box: (box[..., :2] + box[..., 2:]) / 2 - 0.5  # noqa: E731
+    torch.testing.assert_close(ctr(crops["boxes_a"]), c)
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    frac = area(crops["boxes_a"]) / (h * w)
+    assert ((frac > 0.05 - 1e-4) & (frac < 0.3 + 1e-4)).all()
+    # cells are distinct: K centres per image never share a cell
+    cell = round(np.sqrt(0.175) * min(h, w))
+    ids = (c[..., 1] // cell) * (w // cell + 1) + c[..., 0] // cell
+    assert all(len(set(row.tolist())) == 6 for row in ids)
+
+
+def test_subcrop_pairs_show_the_same_point_of_the_synthetic_video():
+    """The world's exact flow: the partner centre in frame 2 shows what the centre shows in frame 1."""
+    video = MovingShapesVideo(3, 128, 256, object_speed=2.0)
+    f1, f2 = video.render(0)["image"], video.render(4)["image"]
+    fl = video.flow(0, 4)
+    t, valid = view_flow(EYE[None], EYE[None], fl["flow"][None], fl["valid"][None], (128, 256))
+    torch.manual_seed(1)
+    crops = flow_subcrops(t, valid, num=12, jitter=0.0, max_tries=1)
+    paired = crops["paired"][0]
+    assert paired.sum() >= 6
+    ca, cb = crops["centre_a"][0][paired], crops["centre_b"][0][paired]
+    grid = lambda pts: torch.stack([(2 * pts[:, 0] + 1) / 256 - 1, (2 * pts[:, 1] + 1) / 128 - 1], -1)  # noqa: E731
+    at_a = F.grid_sample(f1[None], grid(ca)[None, None], align_corners=False)[0, :, 0]
+    at_b = F.grid_sample(f2[None], grid(cb)[None, None], align_corners=False)[0, :, 0]
+    close = ((at_a - at_b).abs().max(0).values < 0.05).float().mean()
+    assert close >= 0.9, (at_a - at_b).abs().max(0).values  # bilinear reads may straddle an edge
+
+
+def test_unpaired_subcrops_fall_back_to_the_same_view():
+    """No valid flow anywhere: every pair is a second crop of view a (reference code's fallback)."""
+    t = torch.zeros(2, 2, 40, 80)
+    crops = flow_subcrops(t, torch.zeros(2, 40, 80, dtype=torch.bool), num=4)
+    assert not crops["paired"].any()
+    boxes_b = crops["boxes_b"]
+    assert (boxes_b[..., :2] >= 0).all() and (boxes_b[..., 2] <= 80).all() and (boxes_b[..., 3] <= 40).all()
+
+
+def test_crop_boxes_reads_the_boxed_pixels():
+    img = torch.arange(2 * 20 * 30, dtype=torch.float32).view(2, 1, 20, 30)
+    boxes = torch.tensor([[5.0, 4.0, 9.0, 8.0], [10.0, 2.0, 14.0, 6.0]])
+    out = crop_boxes(img, boxes, torch.tensor([0, 1]), (4, 4))
+    torch.testing.assert_close(out[0, 0], img[0, 0, 4:8, 5:9])
+    torch.testing.assert_close(out[1, 0], img[1, 0, 2:6, 10:14])
+
+
+def _batch(b: int = 2, h: int = 64, w: int = 128) -> dict[str, torch.Tensor]:
+    videos = [MovingShapesVideo(s, h, w, object_speed=2.0) for s in range(b)]
+    fw = [v.flow(0, 3) for v in videos]
+    bw = [v.flow(3, 0) for v in videos]
+    return {"view1": torch.stack([v.render(0)["image"] for v in videos]),
+            "view2": torch.stack([v.render(3)["image"] for v in videos]),
+            "affine1": EYE.expand(b, 2, 3).clone(), "affine2": EYE.expand(b, 2, 3).clone(),
+            "flow_fw": torch.stack([f["flow"] for f in fw]), "flow_bw": torch.stack([f["flow"] for f in bw]),
+            "valid_fw": torch.stack([f["valid"] for f in fw]), "valid_bw": torch.stack([f["valid"] for f in bw])}
+
+
+def test_pooled_loss_is_byol_on_the_subcrop_pairs():
+    """The pooled objective is BYOL's loss between pooled online crops and target crops: the BYOL
+    objective with the same weights, on the same crops, gives the same number (and eq. 1 by hand)."""
+    torch.manual_seed(0)
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, subcrops={"num": 2, "size": (32, 32)}, **SMALL)
+    batch = _batch()
+    va, vb = torch.cat([batch["view1"], batch["view2"]]), torch.cat([batch["view2"], batch["view1"]])
+    aff = torch.cat([batch["affine1"], batch["affine2"]])
+    flow, valid = torch.cat([batch["flow_fw"], batch["flow_bw"]]), torch.cat([batch["valid_fw"], batch["valid_bw"]])
+    torch.manual_seed(5)
+    got, paired = model.pooled_loss(va, vb, aff, aff, flow, valid)
+    assert paired > 0.5
+
+    torch.manual_seed(5)  # the same crops
+    t, ok = view_flow(aff, aff, flow, valid, (64, 128))
+    crops = flow_subcrops(t, ok, num=2)
+    image = torch.arange(4).repeat_interleave(2)
+    online = crop_boxes(va, crops["boxes_a"].flatten(0, 1), image, (32, 32))
+    target = crop_boxes(torch.cat([va, vb]), crops["boxes_b"].flatten(0, 1),
+                        image + 4 * crops["paired"].flatten().long(), (32, 32))
+    byol = BYOL({"arch": "resnet14", "output_stride": 32}, symmetric=False, projector=SMALL["pooled_projector"],
+                predictor=SMALL["pooled_predictor"])
+    for dst, src in ((byol.encoder, model.encoder), (byol.projector, model.pooled_projector),
+                     (byol.predictor, model.pooled_predictor), (byol.target_encoder, model.target_encoder),
+                     (byol.target_projector, model.target_pooled_projector)):
+        dst.load_state_dict(src.state_dict())
+    want = byol({"view1": online, "view2": target})["loss"]
+    torch.testing.assert_close(got, want)
+    # eq. 1 on the pooled features by hand: mean of 2 − 2 cos
+    p = byol._online(online).flatten(1)
+    z = byol._target(target).flatten(1)
+    by_hand = (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()
+    torch.testing.assert_close(byol_loss(p, z), by_hand)
+    torch.testing.assert_close(got, by_hand)
+
+
+def test_gradients_reach_the_online_parts_only_and_geometry_stays_fp32_under_bf16():
+    torch.manual_seed(0)
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, subcrops={"num": 2, "size": (32, 32)}, **SMALL)
+    seen = {}
+    real = flow_subcrops.__wrapped__
+
+    def spy(t, valid, *args, **kwargs):
+        seen["t"] = t.dtype
+        out = real(t, valid, *args, **kwargs)
+        seen["boxes"] = out["boxes_a"].dtype
+        return out
+
+    import pretrain.objectives.poodle as poodle_mod
+    orig = poodle_mod.flow_subcrops
+    poodle_mod.flow_subcrops = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(_batch())
+    finally:
+        poodle_mod.flow_subcrops = orig
+    assert seen == {"t": torch.float32, "boxes": torch.float32}
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        if name.startswith("target_"):
+            assert p.grad is None, name
+    for part in ("encoder", "decoder", "projector", "predictor", "pooled_projector", "pooled_predictor"):
+        grads = [p.grad for p in getattr(model, part).parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), part
+
+
+def test_short_poodle_run_lowers_the_loss_and_exports_the_encoder_only(tmp_path):
+    opts = {"max_iters": 30, "checkpoint_interval": 30, "batch_size": 4, "num_workers": 0, "device": "cpu",
+            "quiet": True, "log_interval": 1, "model.projector.hidden_channels": 64,
+            "model.predictor.hidden_channels": 64, "model.pooled_projector.hidden_channels": 64,
+            "model.pooled_predictor.hidden_channels": 64, "model.decoder.channels": 256}
+    Trainer(load_config(POODLE_DEMO, opts), tmp_path).train()
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "dense_loss", "pooled_loss"):
+        first, last = np.mean([r[key] for r in rows[:5]]), np.mean([r[key] for r in rows[-5:]])
+        assert last < first, (key, first, last)
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
+    assert last < 0.8 * first, (first, last)
+    assert np.mean([r["subcrops_paired"] for r in rows]) > 0.5
+
+    from pretrain.convert import convert
+    from pretrain.fileio import safe_torch_load
+
+    ckpt = sorted(tmp_path.glob("**/*.pth"))[-1]
+    convert(ckpt, "torchvision", tmp_path / "enc.pth")
+    state = safe_torch_load(tmp_path / "enc.pth")
+    assert not any("decoder" in k or "pooled" in k for k in state)
+    assert "layer4.0.conv1.weight" in state and "fc.weight" not in state

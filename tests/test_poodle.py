@@ -190,6 +190,35 @@ def test_pooled_loss_is_byol_on_the_subcrop_pairs():
     torch.testing.assert_close(got, by_hand)
 
 
+class _Fixed(torch.nn.Module):
+    """An 'encoder' returning hand-made maps, one per crop."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.maps = maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == self.maps.shape[0]
+        return self.maps
+
+
+def test_pooled_loss_on_hand_made_features_is_byol_of_the_pooled_vectors():
+    """Hand-made layer4 maps and identity heads: the loss is mean(2 − 2 cos) of the average-pooled
+    vectors — (1, 0) vs (1, 1) → 2 − √2, (0, 2) vs (0, 1) → 0, (1, 0) vs (−1, 0) → 4."""
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, subcrops={"num": 1, "size": (8, 8)}, **SMALL)
+    online = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]])[:, :, None, None].expand(3, 2, 2, 2).clone()
+    online[:, :, 0, 0] += 1.0  # spatial variation that pooling averages: cell offsets cancel
+    online[:, :, 1, 1] -= 1.0
+    target = torch.tensor([[1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])[:, :, None, None].expand(3, 2, 2, 2)
+    model.encoder, model.target_encoder = _Fixed(online), _Fixed(target)
+    model.pooled_projector = model.pooled_predictor = model.target_pooled_projector = torch.nn.Identity()
+    views = torch.randn(3, 3, 32, 48)
+    flow, valid = torch.zeros(3, 2, 32, 48), torch.ones(3, 32, 48, dtype=torch.bool)
+    aff = EYE.expand(3, 2, 3)
+    loss, _ = model.pooled_loss(views, views, aff, aff, flow, valid)
+    torch.testing.assert_close(loss, torch.tensor((2 - 2 ** 0.5 + 0 + 4) / 3))
+
+
 def test_gradients_reach_the_online_parts_only_and_geometry_stays_fp32_under_bf16():
     torch.manual_seed(0)
     model = PooDLe({"arch": "resnet14", "output_stride": 32}, subcrops={"num": 2, "size": (32, 32)}, **SMALL)

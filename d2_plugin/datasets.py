@@ -23,6 +23,7 @@ BDD100K_MAP = {"pedestrian": "person", "person": "person", "rider": "rider", "ca
                "bus": "bus", "train": "train", "motorcycle": "motorcycle", "motor": "motorcycle",
                "bicycle": "bicycle", "bike": "bicycle"}
 SYNTHETIC_THING_CLASSES = ("disk", "square", "triangle", "ring", "cross")
+SYNTHETIC_THING_IDS = {c + 1: c for c in range(len(SYNTHETIC_THING_CLASSES))}  # class id (1..5) → contiguous id
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -136,8 +137,6 @@ def load_cityscapes_instances(image_dir: str | Path, gt_dir: str | Path) -> list
 
 def load_synthetic_instances(root: str | Path, split: str) -> list[dict[str, Any]]:
     """The synthetic video's Cityscapes layout → instance dicts with RLE masks (class·1000 + k ids)."""
-    from pycocotools import mask as mask_util
-
     img_dir = Path(root) / "leftImg8bit" / split
     if not img_dir.is_dir():
         raise FileNotFoundError(f"{img_dir} does not exist; write it with `flowssl demo` or "
@@ -149,16 +148,7 @@ def load_synthetic_instances(root: str | Path, split: str) -> list[dict[str, Any
         inst = cv2.imread(str(inst_path), cv2.IMREAD_UNCHANGED)
         if inst is None:
             raise FileNotFoundError(f"instance map {inst_path} is missing or unreadable")
-        annos = []
-        for iid in np.unique(inst):
-            if iid < 1000:
-                continue
-            m = np.asfortranarray((inst == iid).astype(np.uint8))
-            ys, xs = np.nonzero(m)
-            rle = mask_util.encode(m)
-            rle["counts"] = rle["counts"].decode("ascii")
-            annos.append({"bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
-                          "bbox_mode": 0, "category_id": int(iid // 1000) - 1, "segmentation": rle, "iscrowd": 0})
+        annos = _instances_from_id_map(inst, SYNTHETIC_THING_IDS)  # non-object pixels are 0: no annotation
         out.append({"file_name": str(img), "image_id": i, "height": inst.shape[0], "width": inst.shape[1],
                     "annotations": annos})
     return out

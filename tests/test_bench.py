@@ -65,3 +65,16 @@ def test_print_commands_for_a_cluster(tmp_path, capsys):
                  "--print-commands"]) == 0
     out = capsys.readouterr().out
     assert "flowssl pretrain" in out and "flowe_r50_bdd100k.py" in out and "c4 on bdd100k" in out
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "bench").glob("*.py")), ids=lambda p: p.stem)
+def test_every_shipped_plan_passes_the_plan_check(path):
+    """Each plan in configs/bench (``_base_`` inheritance included) is checked before compute is spent."""
+    from mmengine import Config
+
+    from pretrain.bench import check_plan
+
+    plan = Config.fromfile(str(path))
+    check_plan(plan, path)
+    for cfg in plan.methods.values():
+        assert (REPO / cfg).is_file(), cfg

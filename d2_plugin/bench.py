@@ -16,11 +16,11 @@ def faster_rcnn_c4_step(frozen: bool, arch: str, size: tuple[int, int], device: 
     from detectron2.structures import Boxes, Instances
 
     from . import modeling  # noqa: F401
-    from .config import add_flowssl_config
+    from .config import add_flowssl_config, merge_yaml_safely
 
     cfg = get_cfg()
     add_flowssl_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs/d2/faster_rcnn_flowssl_R50_C4_bdd100k_frozen.yaml"))
+    merge_yaml_safely(cfg, REPO / "configs/d2/faster_rcnn_flowssl_R50_C4_bdd100k_frozen.yaml")
     cfg.MODEL.FLOWSSL.ARCH, cfg.MODEL.FLOWSSL.FROZEN = arch, frozen
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.DEVICE = str(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,78 @@ def add_flowssl_config(cfg: Any) -> None:
     cfg.DATASETS.LABEL_SEED = 0
 
 
+def merge_yaml_safely(cfg: Any, config_file: str | Path) -> None:
+    """``cfg.merge_from_file`` that never takes detectron2's ``yaml.unsafe_load`` fallback (its default
+    ``allow_unsafe=True`` runs any ``!!python/...`` tag), for the file and every ``_BASE_`` below it."""
+    import yaml
+
+    from pretrain.config import ConfigError
+
+    try:
+        cfg.merge_from_file(str(config_file), allow_unsafe=False)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config {config_file}{at}: not plain YAML data ({str(exc).splitlines()[0]}); flowssl reads "
+                          "configs with yaml.safe_load and never builds Python objects from a config") from None
+    except KeyError as exc:
+        raise ConfigError(f"config {config_file}: {exc.args[0] if exc.args else exc}") from None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# what each hint may hold: a sidecar is a file someone else may have written, and its values end up in
+# the config detectron2 builds the model from and dumps as YAML
+HINT_CHECKS: dict[str, tuple[Any, str]] = {
+    "MODEL.PIXEL_MEAN": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and 0 <= x <= 255 for x in v),
+                         "three numbers in [0, 255]"),
+    "MODEL.PIXEL_STD": (lambda v: isinstance(v, list) and len(v) == 3 and all(_number(x) and 0 < x <= 255 for x in v),
+                        "three numbers in (0, 255]"),
+    "INPUT.FORMAT": (lambda v: v in ("RGB", "BGR"), "'RGB' or 'BGR'"),
+    "MODEL.RESNETS.STRIDE_IN_1X1": (lambda v: isinstance(v, bool), "true or false"),
+    "MODEL.RESNETS.DEPTH": (lambda v: v in ARCH_DEPTH.values(), f"one of {sorted(ARCH_DEPTH.values())}"),
+    "MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE": (lambda v: v in (8, 16, 32) and not isinstance(v, bool), "8, 16 or 32"),
+    "MODEL.FLOWSSL.RES4_DILATION": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
+    "MODEL.FLOWSSL.RES5_DILATION": (lambda v: v in (1, 2, 4) and not isinstance(v, bool), "1, 2 or 4"),
+}
+
+
 def checkpoint_hints(weights: str | Path) -> dict[str, Any] | None:
-    """The ``detectron2_config`` block that ``flowssl convert --to detectron2`` stored beside ``weights``."""
+    """The ``detectron2_config`` block that ``flowssl convert --to detectron2`` stored beside ``weights``,
+    every value checked (one message naming the sidecar and the key otherwise)."""
+    from pretrain.config import ConfigError
+    from pretrain.convert import SAFE_NAME
+
     side = Path(f"{weights}.json")
     if not side.is_file():
         return None
-    data = json.loads(side.read_text())
-    hints = dict(data.get("detectron2_config", {}))
-    hints["MODEL.FLOWSSL.METHOD"] = data.get("method", "")
-    hints["MODEL.FLOWSSL.ARCH"] = data.get("arch", "resnet50")
+    fix = "re-create it with 'flowssl convert CKPT --to detectron2 -o OUT.pkl --force', or delete it"
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"sidecar {side} is not readable JSON ({exc}); {fix}") from None
+    block = data.get("detectron2_config", {}) if isinstance(data, dict) else None
+    if not isinstance(block, dict):
+        raise ConfigError(f"sidecar {side}: expected a JSON object with a 'detectron2_config' object; {fix}")
+    hints: dict[str, Any] = {}
+    for key, value in block.items():
+        if key not in HINT_CHECKS:
+            raise ConfigError(f"sidecar {side}: unknown detectron2_config key '{key}' (known: {sorted(HINT_CHECKS)}); "
+                              f"{fix}")
+        ok, want = HINT_CHECKS[key]
+        if not ok(value):
+            raise ConfigError(f"sidecar {side}: detectron2_config '{key}' is {value!r:.60}, expected {want}; {fix}")
+        hints[key] = value
+    method, arch = data.get("method", ""), data.get("arch", "resnet50")
+    if method != "" and not (isinstance(method, str) and SAFE_NAME.fullmatch(method)):
+        raise ConfigError(f"sidecar {side}: 'method' is {method!r:.60}, expected a plain name ({SAFE_NAME.pattern}); "
+                          f"{fix}")
+    if arch not in ARCH_DEPTH:
+        raise ConfigError(f"sidecar {side}: 'arch' is {arch!r:.60}, expected one of {sorted(ARCH_DEPTH)}; {fix}")
+    hints["MODEL.FLOWSSL.METHOD"] = method
+    hints["MODEL.FLOWSSL.ARCH"] = arch
     return hints
 
 

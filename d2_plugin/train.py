@@ -19,7 +19,7 @@ from pretrain.config import ConfigError
 
 from . import modeling  # noqa: F401  (registers the backbones and ROI heads)
 from .checkpoint import SafeDetectionCheckpointer
-from .config import add_flowssl_config, apply_checkpoint_hints
+from .config import add_flowssl_config, apply_checkpoint_hints, merge_yaml_safely
 from .datasets import label_subset, label_subset_text, register_flowssl_datasets
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,11 @@ def setup(config_file: str, opts: list[str] | None = None, data_root: str | None
         raise FileNotFoundError(f"config {config_file} does not exist")
     cfg = get_cfg()
     add_flowssl_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
+    merge_yaml_safely(cfg, config_file)
+    try:
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"command-line options {' '.join(map(str, opts or []))!r:.200}: {exc}") from None
     if cfg.MODEL.WEIGHTS:
         if not cfg.MODEL.WEIGHTS.startswith(("detectron2://", "http")) and not Path(cfg.MODEL.WEIGHTS).is_file():
             raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist (convert a flowssl checkpoint "

@@ -12,6 +12,14 @@ One wrinkle: a ``HistoryBuffer`` pickles its statistics methods as ``getattr(His
 ``eval`` through any function's globals. The name resolves instead to
 :func:`history_buffer_statistic`, which returns exactly those four methods of that one class and
 refuses every other lookup.
+
+And one more: a checkpoint's ``meta["config"]`` is Python source that mmengine's ``Runner.resume``
+*executes* (``Config.fromstring(..., ".py")``, to compare GPU counts) — a checkpoint of plain strings
+passes any pickle allow-list and still runs code (as do ``meta["cfg"]`` and the message hub's ``cfg``
+in mmengine's ``BaseInferencer``, given weights without a config). The loader drops all three, so no
+resume (``--resume``, ``load_from`` + resume, a ``last_checkpoint`` planted in a shared work dir,
+mmseg's own ``tools/train.py`` with this plugin imported) ever executes text from a checkpoint. The only cost:
+resuming on a different number of GPUs is not re-scaled from the old config's ``gpu_ids``.
 """
 
 from __future__ import annotations
@@ -49,12 +57,29 @@ def mmengine_safe_globals() -> tuple[Any, ...]:
     return (HistoryBuffer, *numpy_safe_globals(), (history_buffer_statistic, "builtins.getattr"))
 
 
+def without_config_text(checkpoint: Any) -> Any:
+    """The checkpoint without the config text mmengine would execute: ``meta["config"]`` (``Runner.resume``)
+    and ``meta["cfg"]`` / ``message_hub["runtime_info"]["cfg"]`` (``BaseInferencer`` given weights but no
+    config). Everything else (epoch, iteration, seed, dataset_meta, the logs) is kept."""
+    if not isinstance(checkpoint, dict):
+        return checkpoint
+    meta = checkpoint.get("meta")
+    if isinstance(meta, dict) and ("config" in meta or "cfg" in meta):
+        checkpoint["meta"] = {k: v for k, v in meta.items() if k not in ("config", "cfg")}
+    hub = checkpoint.get("message_hub")
+    if isinstance(hub, dict) and isinstance(hub.get("runtime_info"), dict) and "cfg" in hub["runtime_info"]:
+        checkpoint["message_hub"] = {**hub, "runtime_info": {k: v for k, v in hub["runtime_info"].items()
+                                                              if k != "cfg"}}
+    return checkpoint
+
+
 def load_mmengine_checkpoint(filename: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` allowed."""
+    """``torch.load(weights_only=True)`` with :func:`mmengine_safe_globals` allowed, and no config text."""
     path = Path(filename)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {filename} does not exist")
-    return safe_torch_load(path, mmengine_safe_globals(), map_location)  # CheckpointError is a RuntimeError
+    # CheckpointError is a RuntimeError
+    return without_config_text(safe_torch_load(path, mmengine_safe_globals(), map_location))
 
 
 @CheckpointLoader.register_scheme(prefixes="", force=True)

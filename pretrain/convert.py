@@ -36,6 +36,58 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 }
 TARGETS = ("torchvision", "detectron2", "mmseg")
 
+# Names copied from a checkpoint into configs, sidecars and tables (method, arch): plain words only, so
+# no YAML, Markdown or LaTeX syntax can ride along (issue 20: a method name carrying a YAML tag).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
+CONFIG_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def checked_meta(path: Path | str, meta: Any) -> dict[str, Any]:
+    """The metadata of a checkpoint someone else may have written, reduced to the keys flowssl uses and
+    checked, because it is copied into detectron2 YAML, sidecars and tables. Other keys are dropped
+    (a pretraining checkpoint's ``config`` text among them); a bad value is refused naming the key."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: its metadata is a {type(meta).__name__}, expected a dict")
+
+    def bad(key: str, want: str) -> CheckpointError:
+        shown = repr(meta[key])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return CheckpointError(f"checkpoint {path}: metadata '{key}' is {shown}, expected {want}; refusing to copy "
+                               "it into configs (re-save the weights with plain metadata or as a plain state dict)")
+
+    out: dict[str, Any] = {}
+    for key in ("method", "arch"):
+        if key in meta:
+            if not (isinstance(meta[key], str) and SAFE_NAME.fullmatch(meta[key])):
+                raise bad(key, f"a plain name ({SAFE_NAME.pattern})")
+            out[key] = meta[key]
+    if meta.get("config_name") is not None:
+        if not (isinstance(meta["config_name"], str) and CONFIG_NAME.fullmatch(meta["config_name"])):
+            raise bad("config_name", f"a file stem ({CONFIG_NAME.pattern})")
+        out["config_name"] = meta["config_name"]
+    if "output_stride" in meta:
+        if not (isinstance(meta["output_stride"], int) and not isinstance(meta["output_stride"], bool)
+                and meta["output_stride"] in OUTPUT_STRIDES):
+            raise bad("output_stride", f"one of {OUTPUT_STRIDES}")
+        out["output_stride"] = meta["output_stride"]
+    for key in ("pixel_mean", "pixel_std"):
+        if key in meta:
+            v = meta[key]
+            if not (isinstance(v, list | tuple) and len(v) == 3 and all(_is_number(x) for x in v)
+                    and 0 <= min(v) and max(v) <= 1 and (key == "pixel_mean" or min(v) > 0)):
+                raise bad(key, "three numbers on the 0-1 scale (RGB)")
+            out[key] = [float(x) for x in v]
+    if "input_format" in meta:
+        if meta["input_format"] not in ("RGB", "BGR"):
+            raise bad("input_format", "'RGB' or 'BGR'")
+        out["input_format"] = meta["input_format"]
+    return out
+
 
 @dataclass
 class Encoder:
@@ -148,11 +200,9 @@ def read_encoder(path: str | Path, source: str = "auto", drop_heads: bool = Fals
             if tv is not None:
                 state[tv] = torch.as_tensor(np.asarray(v))
         extra = sorted(k for k in weights if d2_to_torchvision_name(k) is None)
-        enc = Encoder(state, "detectron2", "", dict(obj.get("__flowssl_meta__", {})), extra)
+        enc = Encoder(state, "detectron2", "", checked_meta(path, obj.get("__flowssl_meta__", {})), extra)
     elif "encoder" in obj and isinstance(obj["encoder"], dict) and "meta" in obj:  # flowssl checkpoint
-        meta = dict(obj["meta"])
-        meta.pop("config", None)
-        enc = Encoder(dict(obj["encoder"]), "flowssl", "", meta)
+        enc = Encoder(dict(obj["encoder"]), "flowssl", "", checked_meta(path, obj["meta"]))
     else:
         weights = _unwrap(obj)
         if not isinstance(weights, dict) or not any(torch.is_tensor(v) for v in weights.values()):
@@ -247,17 +297,28 @@ def d2_stock_fragment(enc: Encoder, weights: Path) -> str | None:
 
     A stock config otherwise loads the converted file without a warning but computes different
     features: ``STRIDE_IN_1X1=True`` (MSRA's stride in the 1x1 conv, torchvision strides the 3x3),
-    BGR input and MSRA's pixel statistics (std 1)."""
+    BGR input and MSRA's pixel statistics (std 1).
+
+    detectron2 merges YAML with ``yaml.unsafe_load`` when ``safe_load`` refuses a tag, so nothing read
+    from a checkpoint is written as text: the body is ``yaml.safe_dump`` of checked values (method and
+    arch names are :data:`SAFE_NAME`, numbers are numbers), and the comments are fixed text."""
+    import yaml
+
     if enc.arch not in STOCK_D2_DEPTHS:
         return None
     hints = d2_config_hints(enc)
     os_ = hints["MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE"]
+    depth, zoo = STOCK_D2_DEPTHS[enc.arch]
+    method = enc.meta.get("method", "unknown")
+    if not SAFE_NAME.fullmatch(str(method)):  # read_encoder checks; a hand-made Encoder is checked here
+        raise CheckpointError(f"method name {method!r} is not a plain name ({SAFE_NAME.pattern})")
     lines = [
-        f"# detectron2 config fragment for {weights.name}, written by `flowssl convert` "
-        f"({enc.meta.get('method', 'unknown')}, {enc.arch}, pretraining output stride {os_}).",
+        f"# detectron2 config fragment written by `flowssl convert` ({method}, {enc.arch}, pretraining output "
+        f"stride {os_}).",
         "# It makes a stock detectron2 ResNet config read the weights as they were trained: torchvision's",
         "# bottleneck (stride in the 3x3 conv), RGB input, ImageNet statistics on the 0-255 scale. Without it",
         "# a stock config loads the file silently but computes other features (STRIDE_IN_1X1, BGR, MSRA mean/std).",
+        "# NORM FrozenBN: the weights carry BatchNorm statistics.",
         "# Use: set _BASE_ to the model-zoo config you train (uncomment the line below), then",
         "#   python <detectron2>/tools/train_net.py --config-file THIS.yaml --num-gpus 8 OUTPUT_DIR out",
     ]
@@ -265,22 +326,20 @@ def d2_stock_fragment(enc: Encoder, weights: Path) -> str | None:
         lines += [f"# Pretrained at output stride {os_} (dilated res4/res5): the stock ResNet runs these weights",
                   "# at its standard strides (RES5_DILATION only dilates a backbone res5, not the C4 ROI head's).",
                   "# flowssl's configs/d2 (MODEL.FLOWSSL.RES4_DILATION/RES5_DILATION) keep the pretraining layout."]
-    lines += [
-        f"# _BASE_: \"<detectron2>/configs/COCO-Detection/{STOCK_D2_DEPTHS[enc.arch][1]}\"",
-        "MODEL:",
-        f"  WEIGHTS: {json.dumps(str(weights.resolve()))}",
-        f"  PIXEL_MEAN: {json.dumps(hints['MODEL.PIXEL_MEAN'])}",
-        f"  PIXEL_STD: {json.dumps(hints['MODEL.PIXEL_STD'])}",
-        "  RESNETS:",
-        f"    DEPTH: {STOCK_D2_DEPTHS[enc.arch][0]}",
-        "    STRIDE_IN_1X1: False",
-        "    NORM: \"FrozenBN\"   # the weights carry BatchNorm statistics",
-        "    RES5_DILATION: 1",
-        "INPUT:",
-        "  FORMAT: \"RGB\"",
-        "",
-    ]
-    return "\n".join(lines)
+    lines.append(f'# _BASE_: "<detectron2>/configs/COCO-Detection/{zoo}"')
+    body = {
+        "MODEL": {
+            "WEIGHTS": str(weights.resolve()),
+            "PIXEL_MEAN": [float(v) for v in hints["MODEL.PIXEL_MEAN"]],
+            "PIXEL_STD": [float(v) for v in hints["MODEL.PIXEL_STD"]],
+            "RESNETS": {"DEPTH": depth, "STRIDE_IN_1X1": False, "NORM": "FrozenBN", "RES5_DILATION": 1},
+        },
+        "INPUT": {"FORMAT": "RGB"},
+    }
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=1000)
+    if yaml.safe_load(text) != body:  # what detectron2 merges must be exactly this data
+        raise CheckpointError(f"the detectron2 fragment for {weights} does not read back as written")
+    return text
 
 
 def _sha256(path: Path) -> str:
@@ -334,5 +393,6 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     return sidecar
 
 
-__all__ = ["LAYOUTS", "TARGETS", "Encoder", "check_complete", "convert", "d2_config_hints", "d2_stock_fragment",
+__all__ = ["LAYOUTS", "SAFE_NAME", "TARGETS", "Encoder", "check_complete", "checked_meta", "convert",
+           "d2_config_hints", "d2_stock_fragment",
            "d2_to_torchvision_name", "read_encoder", "to_detectron2", "torchvision_to_d2_name"]

@@ -36,12 +36,16 @@ if __name__ == "__main__":
     try:
         from detectron2.engine import launch
     except ImportError:
-        sys.exit("d2_train_net: detectron2 is not installed; install it from its source (see README, 'detectron2')")
+        print("d2_train_net: error: detectron2 is not installed; install it from its source (see README, 'detectron2')",
+              file=sys.stderr)
+        sys.exit(2)
     from pretrain.config import ConfigError
+    from pretrain.fileio import CheckpointError
 
     args = argument_parser().parse_args()
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except (FileNotFoundError, ConfigError) as exc:
-        sys.exit(f"d2_train_net: error: {exc}")
+    except (FileNotFoundError, ConfigError, CheckpointError) as exc:  # a bad input: one line, exit 2
+        print(f"d2_train_net: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        sys.exit(2)

@@ -42,9 +42,12 @@ def merge_yaml_safely(cfg: Any, config_file: str | Path) -> None:
         cfg.merge_from_file(str(config_file), allow_unsafe=False)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
-        at = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"config {config_file}{at}: not plain YAML data ({str(exc).splitlines()[0]}); flowssl reads "
-                          "configs with yaml.safe_load and never builds Python objects from a config") from None
+        name = getattr(where, "name", "")
+        inner = f" (its _BASE_ {name})" if name and not name.startswith("<") and name != str(config_file) else ""
+        at = f" line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {config_file}{inner}{at}: not plain YAML data ({problem}); flowssl reads configs "
+                          "with yaml.safe_load and never builds Python objects from a config") from None
     except KeyError as exc:
         raise ConfigError(f"config {config_file}: {exc.args[0] if exc.args else exc}") from None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -24,20 +25,52 @@ BDD100K_MAP = {"pedestrian": "person", "person": "person", "rider": "rider", "ca
                "bicycle": "bicycle", "bike": "bicycle"}
 SYNTHETIC_THING_CLASSES = ("disk", "square", "triangle", "ring", "cross")
 SYNTHETIC_THING_IDS = {c + 1: c for c in range(len(SYNTHETIC_THING_CLASSES))}  # class id (1..5) → contiguous id
+log = logging.getLogger(__name__)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file's header only — cheap enough for 70k BDD100K images."""
-    from PIL import Image
+    """(height, width) from the file's header only — cheap enough for 70k BDD100K images.
+
+    A header claiming more than ``MAX_IMAGE_PIXELS`` (60000×60000: a corrupt file or a decompression
+    bomb) is refused here, naming the file, instead of PIL's ``DecompressionBombError`` escaping from
+    detectron2's reader mid-training."""
+    from pretrain.data.frames import header_size
 
     try:
-        with Image.open(path) as im:
-            width, height = im.size
+        size = header_size(path, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"image {path} does not exist") from None
     except OSError as exc:
         raise OSError(f"image {path} cannot be read ({exc}); the file is truncated or not an image") from exc
-    return height, width
+    if size is None:
+        raise OSError(f"image {path} cannot be read (not an image format PIL recognises); the file is truncated "
+                      "or not an image")
+    return size
+
+
+def _box2d(box: Any, json_file: Path, frame: str) -> list[float] | None:
+    """A BDD100K ``box2d`` as [x1, y1, x2, y2], or None for a zero-width/height box.
+
+    Corrupt boxes — a coordinate missing, not a number, NaN/Inf or negative, or x2 < x1 / y2 < y1 —
+    are errors naming the label file and the frame: a silently dropped or flipped box changes the
+    benchmark without a trace. Zero-size boxes (x1 == x2, which the released BDD100K labels do hold,
+    ucbdrive/bdd100k#4) are skipped and counted: they cover no pixel, detectron2's mapper drops them
+    from training anyway, and in evaluation they would be ground truth no detection can match."""
+    where = f"BDD100K label file {json_file}, frame {frame}"
+    if not isinstance(box, dict):
+        raise ValueError(f"{where}: box2d is {box!r}, not an object with x1, y1, x2, y2")
+    coords = []
+    for k in ("x1", "y1", "x2", "y2"):
+        v = box.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{where}: box2d {k} is {v!r}, not a finite non-negative number ({box}); fix or remove "
+                             "that label")
+        coords.append(float(v))
+    x1, y1, x2, y2 = coords
+    if x2 < x1 or y2 < y1:
+        raise ValueError(f"{where}: box2d is inverted (x1={x1:g}, y1={y1:g}, x2={x2:g}, y2={y2:g}; x2 must be >= x1 "
+                         "and y2 >= y1); fix or remove that label")
+    return None if x2 == x1 or y2 == y1 else coords
 
 
 def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int | None = None,
@@ -54,7 +87,7 @@ def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int 
     if not isinstance(frames, list):
         raise ValueError(f"BDD100K label file {json_file} holds a {type(frames).__name__}; expected a list of frames "
                          "(the det_20 / scalabel box2d format)")
-    out = []
+    out, empty = [], []
     for i, frame in enumerate(frames):
         file_name = Path(image_root) / frame["name"]
         h, w = (height, width) if height and width else image_size(file_name)
@@ -64,7 +97,10 @@ def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int 
             box = lab.get("box2d")
             if name is None or box is None:
                 continue
-            bbox = [box["x1"], box["y1"], box["x2"], box["y2"]]
+            bbox = _box2d(box, json_file, frame["name"])
+            if bbox is None:
+                empty.append(frame["name"])
+                continue
             # 1 % slack: annotators' boxes may touch the border; a 2x downscaled image is far outside it
             if max(bbox[0], bbox[2]) > w * 1.01 + 1 or max(bbox[1], bbox[3]) > h * 1.01 + 1:
                 raise ValueError(f"{json_file}: a box of {frame['name']} ({[round(v, 1) for v in bbox]}) lies outside "
@@ -74,6 +110,8 @@ def load_bdd100k_det(json_file: str | Path, image_root: str | Path, height: int 
             annos.append({"bbox": bbox, "bbox_mode": 0,  # BoxMode.XYXY_ABS
                           "category_id": BDD100K_CLASSES.index(name), "iscrowd": int(crowd)})
         out.append({"file_name": str(file_name), "image_id": i, "height": h, "width": w, "annotations": annos})
+    if empty:
+        log.warning("%s: skipped %d zero-width or zero-height box(es) (first in %s)", json_file, len(empty), empty[0])
     return out
 
 
@@ -106,6 +144,15 @@ def _instances_from_id_map(inst: np.ndarray, class_of: dict[int, int]) -> list[d
     return annos
 
 
+def _check_image_matches(image: Path, label: Path, label_hw: tuple[int, int]) -> None:
+    """The image's header (read, not decoded: a 60000×60000 claim is refused naming the file) must
+    give the instance map's size — detectron2 decodes the image only later, mid-training."""
+    hw = image_size(image)
+    if hw != tuple(label_hw):
+        raise ValueError(f"image {image} is {hw[1]}x{hw[0]} but its instance map {label} is "
+                         f"{label_hw[1]}x{label_hw[0]}; they must be the same size")
+
+
 def load_cityscapes_instances(image_dir: str | Path, gt_dir: str | Path) -> list[dict[str, Any]]:
     """Cityscapes instances from ``*_gtFine_instanceIds.png`` (the standard gtFine download) with RLE masks.
 
@@ -130,6 +177,7 @@ def load_cityscapes_instances(image_dir: str | Path, gt_dir: str | Path) -> list
         if inst.ndim != 2 or inst.dtype != np.uint16:
             raise ValueError(f"{inst_path} is a {inst.dtype} image of shape {inst.shape}; Cityscapes instance maps are "
                              "single-channel 16-bit PNGs (labelId*1000 + k)")
+        _check_image_matches(img, inst_path, inst.shape[:2])
         out.append({"file_name": str(img), "image_id": i, "height": inst.shape[0], "width": inst.shape[1],
                     "annotations": _instances_from_id_map(inst, CITYSCAPES_THING_IDS)})
     return out
@@ -149,6 +197,7 @@ def load_synthetic_instances(root: str | Path, split: str) -> list[dict[str, Any
         if inst is None:
             raise FileNotFoundError(f"instance map {inst_path} is missing or unreadable")
         annos = _instances_from_id_map(inst, SYNTHETIC_THING_IDS)  # non-object pixels are 0: no annotation
+        _check_image_matches(img, inst_path, inst.shape[:2])
         out.append({"file_name": str(img), "image_id": i, "height": inst.shape[0], "width": inst.shape[1],
                     "annotations": annos})
     return out

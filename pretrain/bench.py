@@ -118,7 +118,23 @@ class Bench:
         self.seeds = seeds if seeds is not None else list(self.plan.seeds)
         self.print_only = print_commands
         self.status_path = self.work / "status.json"
-        self.status: dict[str, Any] = json.loads(self.status_path.read_text()) if self.status_path.is_file() else {}
+        self.status: dict[str, Any] = self._read_status()
+
+    def _read_status(self) -> dict[str, Any]:
+        """The status log of earlier runs (only ever appended to: what is done is read from the files),
+        so a corrupt one is refused in one line naming it rather than overwritten or a traceback."""
+        if not self.status_path.exists():
+            return {}
+        try:
+            status = json.loads(self.status_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            status, why = None, f"cannot be read as JSON ({exc})"
+        else:
+            why = f"holds a {type(status).__name__}, not a JSON object"
+        if not isinstance(status, dict):
+            raise ValueError(f"bench status file {self.status_path} {why}; it only logs earlier runs: move it away "
+                             "or delete it and run again (finished steps are found from their files)")
+        return status
 
     def _record(self, key: str, state: str, **info: Any) -> None:
         self.status[key] = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}

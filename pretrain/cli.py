@@ -138,7 +138,7 @@ def cmd_flow_precompute(args: argparse.Namespace) -> int:
 
 
 def cmd_flow_show(args: argparse.Namespace) -> int:
-    from .data.frames import read_rgb
+    from .data.frames import load_rgb
     from .flow.sources import build_flow_source
     from .flow.tools import show_pair
 
@@ -146,10 +146,7 @@ def cmd_flow_show(args: argparse.Namespace) -> int:
     for f in (args.frame1, args.frame2):
         if not Path(f).is_file():
             raise FileNotFoundError(f"frame {f} does not exist")
-        img = read_rgb(Path(f))
-        if img is None:
-            raise ValueError(f"frame {f} cannot be decoded (corrupt or not an image)")
-        imgs.append(img)
+        imgs.append(load_rgb(Path(f)))  # truncated, corrupt or absurdly large: one line naming the file
     if imgs[0].shape != imgs[1].shape:
         raise ValueError(f"frames differ in size: {tuple(imgs[0].shape)} vs {tuple(imgs[1].shape)}")
     paths = show_pair(imgs[0], imgs[1], build_flow_source(_source_cfg(args)), Path(args.out))

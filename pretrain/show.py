@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.augment import IMAGENET_MEAN, IMAGENET_STD
-from .data.frames import read_rgb
+from .data.frames import load_rgb
 from .fileio import load_checkpoint
 from .models import ResNetEncoder
 
@@ -18,10 +18,7 @@ from .models import ResNetEncoder
 def _read(path: str | Path) -> torch.Tensor:
     if not Path(path).is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    img = read_rgb(Path(path))
-    if img is None:
-        raise ValueError(f"image {path} cannot be decoded (corrupt or not an image)")
-    return img
+    return load_rgb(Path(path))  # truncated, corrupt or absurdly large: one line naming the file
 
 
 def project_to_rgb(features: torch.Tensor, method: str = "pca", seed: int = 0) -> torch.Tensor:
@@ -75,9 +72,8 @@ def show_predictions(config: str | Path, readout_checkpoint: str | Path, image: 
     if not Path(readout_checkpoint).is_file():
         raise FileNotFoundError(f"readout checkpoint {readout_checkpoint} does not exist")
     model = init_model(str(config), str(readout_checkpoint), device="cpu")
-    bgr = cv2.imread(str(image))
-    if bgr is None:
-        raise ValueError(f"image {image} cannot be decoded")
+    rgb = _read(image)  # checked like every frame (truncation, header size) before mmseg sees it
+    bgr = np.ascontiguousarray((rgb.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
     pred = inference_model(model, bgr).pred_sem_seg.data[0].cpu().numpy()
     palette = np.array(model.dataset_meta["palette"], dtype=np.uint8)
     colour = palette[pred % len(palette)][:, :, ::-1]

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flow.sources import FlowPair, build_flow_source
+from ..flow.sources import FlowPair, build_flow_source, flow_cache_key
 from ..geometry import random_affine, render_view
 from ..registry import DATASETS
 from .augment import BYOLViews, normalize, photometric
 from .datasets import SeededDataset
-from .frames import BadDataError, BadFileCounter, list_images, read_rgb
+from .frames import BadDataError, BadFileCounter, list_images, try_read_rgb
 from .synthetic import ShapeWorld, WindowedVideo, video_seed, world_class
 
 log = logging.getLogger("flowssl")
@@ -243,14 +243,15 @@ class _GroupedFrames(FramePairs):
 
     def pair_key(self, a: Path, b: Path) -> str:
         """The flow-cache key: the folder relative to the data root, so sequences whose leaf folders
-        share a name (KITTI raw's ``.../image_02/data``) never share a flow."""
-        return f"{a.parent.relative_to(self.root).as_posix()}/{a.stem}__{b.stem}"
+        share a name (KITTI raw's ``.../image_02/data``) never share a flow; frame names are escaped
+        so that no two pairs share a key (:func:`~pretrain.flow.sources.flow_cache_key`)."""
+        return flow_cache_key(a.parent.relative_to(self.root).as_posix(), a.stem, b.stem)
 
     def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]] | None:
         a, b = self.pairs[int(rng.integers(len(self.pairs)))]
-        img1, img2 = read_rgb(a), read_rgb(b)
-        for path, img in ((a, img1), (b, img2)):
-            self.bad.record(path, img is not None)
+        (img1, why1), (img2, why2) = try_read_rgb(a), try_read_rgb(b)
+        for path, img, why in ((a, img1, why1), (b, img2, why2)):
+            self.bad.record(path, img is not None, why)
         if img1 is None or img2 is None:
             return None
         if img1.shape != img2.shape:

@@ -6,7 +6,10 @@ All readers return ``(flow [2,H,W] float32 torch, valid [H,W] bool)``; errors na
 
 from __future__ import annotations
 
+import math
+import numbers
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,9 +48,11 @@ def read_flo(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     flow = cv2.readOpticalFlow(str(path))
     if flow is None or flow.size == 0:
         raise FlowFileError(f".flo file {path} is truncated or corrupt")
+    # before masking: NaN fails "|u| < 1e9" and would pass as Middlebury's "unknown" (which is a
+    # finite value above 1e9), hiding a broken flow file as occlusion
+    _check_finite(flow, path)
     valid = (np.abs(flow) < UNKNOWN_FLO).all(-1)
     flow = np.where(valid[..., None], flow, 0)
-    _check_finite(flow, path)
     return torch.from_numpy(flow).permute(2, 0, 1).float(), torch.from_numpy(valid)
 
 
@@ -60,6 +65,22 @@ def write_flo(path: str | Path, flow: torch.Tensor, valid: torch.Tensor | None =
         if not cv2.writeOpticalFlow(str(tmp), arr):
             raise OSError(f"could not write {path}")
     return Path(path)
+
+
+def positive_scale(value: Any) -> bool:
+    """A usable fixed-point scale: a real number (not a bool), finite and above zero. A negative one
+    would flip every flow vector, zero divides by zero."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _check_scale(scale: float, path: Path) -> None:
+    if not positive_scale(scale):
+        raise FlowFileError(f"flow PNG {path}: the fixed-point scale must be a positive finite number, got {scale!r}")
 
 
 def _read_png16(path: Path) -> np.ndarray:
@@ -99,6 +120,7 @@ def write_kitti_flow(path: str | Path, flow: torch.Tensor, valid: torch.Tensor |
 def read_flow_png(path: str | Path, scale: float = KITTI_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """The compact cache: KITTI's fixed-point layout with a configurable scale (±2¹⁵/scale px range,
     1/scale px precision; 64 → ±512 px at 1/64 px)."""
+    _check_scale(scale, Path(path))
     img = _read_png16(Path(path))
     flow = (img[..., :2] - 2**15) / scale
     return torch.from_numpy(flow).permute(2, 0, 1).float(), torch.from_numpy(img[..., 2] > 0)
@@ -106,6 +128,7 @@ def read_flow_png(path: str | Path, scale: float = KITTI_SCALE) -> tuple[torch.T
 
 def write_flow_png(path: str | Path, flow: torch.Tensor, valid: torch.Tensor | None = None,
                    scale: float = KITTI_SCALE) -> Path:
+    _check_scale(scale, Path(path))
     limit = (2**15 - 1) / scale
     if flow.abs().max() > limit:
         raise FlowFileError(f"flow for {path} exceeds ±{limit:.0f} px, the range of scale {scale}; use a smaller scale")

@@ -28,12 +28,65 @@ from torch import nn
 
 from ..fileio import safe_torch_load, torchvision_weights_file
 from ..precision import fp32, fp32_geometry
-from .io import read_flow_png
+from .io import FlowFileError, positive_scale, read_flow_png
 from .warp import forward_backward_occlusion
 
 FLOW_SOURCES = Registry("flow source")
-# Flow-cache keys are "<frame folder relative to the data root>/<frame1 stem>__<frame2 stem>".
-CACHE_KEY_FORMAT = "relative-path/1"
+# Flow-cache keys are "<frame folder relative to the data root>/<frame1>__<frame2>" with the frame
+# stems escaped by :func:`escape_stem`. Format 1 joined the raw stems, so "x__y" + "z" and "x" +
+# "y__z" shared a key; its keys are format 2's for every stem that needs no escaping, so such caches
+# stay readable until a pair whose stems need escaping is looked up (then: an error).
+CACHE_KEY_FORMAT = "relative-path/2"
+OLD_KEY_FORMATS = ("relative-path/1",)
+
+
+def escape_stem(stem: str) -> str:
+    """``stem`` itself when it has no "__", no "%" and no leading or trailing "_" (nearly all frame
+    names: old caches keep their keys), else percent-encoded ("%" → "%25", "_" → "%5F").
+
+    Injective (escaped stems, and only they, contain "%"), and no result contains "__" or starts or
+    ends with "_", so "<a>__<b>" splits back into (a, b) in exactly one way."""
+    if "__" in stem or "%" in stem or stem.startswith("_") or stem.endswith("_"):
+        return stem.replace("%", "%25").replace("_", "%5F")
+    return stem
+
+
+def flow_cache_key(folder: str, stem1: str, stem2: str) -> str:
+    """The cache key of the pair (folder/stem1, folder/stem2): unique per pair (:func:`escape_stem`)."""
+    return f"{folder}/{escape_stem(stem1)}__{escape_stem(stem2)}"
+
+
+def read_cache_info(root: str | Path) -> dict[str, Any]:
+    """``root/flow_cache.json``, checked; every error is one line naming the file and what to do.
+
+    The scale must be positive and finite (a negative one silently flips every flow), the key
+    format a known one, ``valid`` absent or a mapping."""
+    meta = Path(root) / "flow_cache.json"
+    redo = "restore it, or fill a new cache with 'flowssl flow precompute --out <new folder>'"
+    try:
+        info = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{meta} does not exist: fill the cache with 'flowssl flow precompute' first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FlowFileError(f"flow cache metadata {meta} cannot be read ({exc}); {redo}") from None
+    except json.JSONDecodeError as exc:
+        raise FlowFileError(f"flow cache metadata {meta} is not valid JSON ({exc}); {redo}") from None
+    if not isinstance(info, dict):
+        raise FlowFileError(f"flow cache metadata {meta} holds a {type(info).__name__}, not a JSON object; {redo}")
+    key_format = info.get("key_format")
+    if key_format != CACHE_KEY_FORMAT and key_format not in OLD_KEY_FORMATS:
+        if key_format is None:
+            raise FlowFileError(f"flow cache {meta.parent} was written by an older flowssl that keyed pairs by the "
+                                "leaf folder name only (two sequences with the same leaf name shared one flow); "
+                                "fill a new cache with 'flowssl flow precompute'")
+        raise FlowFileError(f"flow cache metadata {meta}: unknown key_format {key_format!r} (this flowssl writes "
+                            f"{CACHE_KEY_FORMAT!r}); {redo}")
+    if not positive_scale(info.get("scale")):
+        raise FlowFileError(f"flow cache metadata {meta}: 'scale' is {info.get('scale')!r}, not a positive finite "
+                            f"number (the fixed-point scale its PNGs were written with); {redo}")
+    if not isinstance(info.get("valid") or {}, dict):
+        raise FlowFileError(f"flow cache metadata {meta}: 'valid' is {info['valid']!r}, not a JSON object; {redo}")
+    return info
 
 
 @dataclass
@@ -217,15 +270,9 @@ class PrecomputedFlow(FlowSource):
     def __init__(self, root: str, **kwargs: float) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
-        meta = self.root / "flow_cache.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{meta} does not exist: fill the cache with 'flowssl flow precompute' first")
-        info = json.loads(meta.read_text())
-        if info.get("key_format") != CACHE_KEY_FORMAT:
-            raise ValueError(f"flow cache {self.root} was written by an older flowssl that keyed pairs by the leaf "
-                             "folder name only (two sequences with the same leaf name shared one flow); fill a new "
-                             "cache with 'flowssl flow precompute'")
+        info = read_cache_info(self.root)
         self.scale = float(info["scale"])
+        self.key_format = info["key_format"]
         # masks in the PNGs are usable when they are the check this source would compute (same α)
         valid = info.get("valid") or {}
         self.stored_valid = (valid.get("kind") == "forward-backward consistency"
@@ -234,6 +281,13 @@ class PrecomputedFlow(FlowSource):
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, info: dict[str, Any] | None = None) -> FlowPair:
         if not info or "keys" not in info:
             raise ValueError("precomputed flow needs the pair keys of the batch (info['keys'])")
+        if self.key_format != CACHE_KEY_FORMAT:
+            for key in info["keys"]:
+                if "%" in str(key).rsplit("/", 1)[-1]:  # an escaped stem: this format keyed it ambiguously
+                    raise FlowFileError(
+                        f"flow cache {self.root} has key format {self.key_format!r}, whose keys were ambiguous for "
+                        f"frame names with '__', '%' or a leading/trailing '_' (pair {key}: two pairs could share "
+                        "one flow); fill a new cache with 'flowssl flow precompute --out <new folder>'")
         read = [[read_flow_png(self.root / f"{key}_{d}.png", self.scale) for d in ("fw", "bw")]
                 for key in info["keys"]]
         stack = lambda d, i: torch.stack([r[d][i] for r in read]).to(img1.device)  # noqa: E731

@@ -10,10 +10,10 @@ import torch
 from torchvision.utils import flow_to_image
 from tqdm import tqdm
 
-from ..data.frames import read_rgb
+from ..data.frames import try_read_rgb
 from ..fileio import write_text_atomic
-from .io import KITTI_SCALE, write_flow_png
-from .sources import CACHE_KEY_FORMAT, FlowSource
+from .io import KITTI_SCALE, positive_scale, write_flow_png
+from .sources import CACHE_KEY_FORMAT, FlowSource, read_cache_info
 from .warp import warp
 
 
@@ -25,18 +25,24 @@ def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path,
     Each PNG's third channel holds the forward–backward consistency mask of its direction (the
     source's α₁, α₂, recorded in ``flow_cache.json``), so training reads it instead of recomputing
     the check at full frame size in every worker. A cache begun without masks stays without."""
+    if not positive_scale(scale):
+        raise ValueError(f"--scale must be a positive finite number (1/scale px precision), got {scale}")
     out.mkdir(parents=True, exist_ok=True)
     meta = out / "flow_cache.json"
     info = {"scale": scale, "source": type(source).__name__, "format": "16-bit PNG, (I - 2^15)/scale, valid=ch3",
             "key_format": CACHE_KEY_FORMAT,
             "valid": {"kind": "forward-backward consistency", "alpha1": source.alpha1, "alpha2": source.alpha2}}
-    if meta.is_file():
-        old = json.loads(meta.read_text())
-        if old.get("scale") != scale:
-            raise ValueError(f"{out} was filled with another scale; use another --out or the same --scale")
-        if old.get("key_format") != CACHE_KEY_FORMAT:
-            raise ValueError(f"{out} was filled by an older flowssl whose keys were only the leaf folder name "
-                             "(sequences with the same leaf name shared a flow); use a new --out")
+    if meta.exists():
+        old = read_cache_info(out)  # a corrupt or hand-edited one is refused, naming the file
+        if old["scale"] != scale:
+            raise ValueError(f"{out} was filled with scale {old['scale']} ({meta}); use another --out or "
+                             f"--scale {old['scale']}")
+        if old["key_format"] != CACHE_KEY_FORMAT:  # its keys are this format's unless a stem needs escaping
+            ambiguous = [k for k in keys if "%" in k.rsplit("/", 1)[-1]]
+            if ambiguous:
+                raise ValueError(f"{out} was filled by a flowssl whose keys were ambiguous for frame names with '__', "
+                                 f"'%' or a leading/trailing '_' (pair {ambiguous[0]}: two pairs could share one "
+                                 "flow); use a new --out")
         if old.get("valid") != info["valid"]:  # pairs already written hold no masks, or other α: say none
             info.pop("valid")
     write_text_atomic(json.dumps(info, indent=2), meta)
@@ -47,10 +53,11 @@ def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path,
         if fw_path.is_file() and bw_path.is_file():
             counts["skipped"] += 1
             continue
-        img1, img2 = read_rgb(a), read_rgb(b)
+        (img1, why1), (img2, why2) = try_read_rgb(a), try_read_rgb(b)
         if img1 is None or img2 is None:
             counts["unreadable"] += 1
-            tqdm.write(f"skipping unreadable pair {a} / {b}")
+            bad, why = (a, why1) if img1 is None else (b, why2)
+            tqdm.write(f"skipping pair {a.name} / {b.name}: {bad} cannot be used: {why}")
             continue
         pair = source(img1[None].to(device), img2[None].to(device), {"keys": [key]})
         write_flow_png(fw_path, pair.fw[0].cpu(), pair.valid_fw[0].cpu(), scale=scale)

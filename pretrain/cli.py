@@ -109,8 +109,12 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_flow_show)
 
 
-def _source_cfg(args: argparse.Namespace) -> dict:
+def _source_cfg(args: argparse.Namespace, config_flow: dict | None = None) -> dict:
+    """``--source``, with the config's ``model.flow`` settings when it is the same kind (RAFT weights,
+    iterations, occlusion α), so a cache holds the flow training would compute; ``--checkpoint`` wins."""
     cfg = {"type": args.source}
+    if config_flow and config_flow.get("type") == args.source:
+        cfg.update(config_flow)
     if args.checkpoint:
         cfg["checkpoint"] = args.checkpoint
     return cfg
@@ -130,7 +134,9 @@ def cmd_flow_precompute(args: argparse.Namespace) -> int:
         raise ConfigError(f"data type '{data['type']}' has no fixed list of frame pairs to precompute "
                           "(use FrameFolderPairs or CityscapesSequencePairs)")
     keys = [dataset.pair_key(a, b) for a, b in dataset.pairs]
-    counts = precompute_cache(dataset.pairs, keys, Path(args.out), build_flow_source(_source_cfg(args)),
+    model_flow = (cfg.get("model") or {}).get("flow")
+    source = build_flow_source(_source_cfg(args, dict(model_flow) if model_flow else None))
+    counts = precompute_cache(dataset.pairs, keys, Path(args.out), source,
                               args.scale, args.device)
     print(f"flow cache {args.out}: {counts['done']} computed, {counts['skipped']} already there, "
           f"{counts['unreadable']} unreadable")

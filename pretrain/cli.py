@@ -172,6 +172,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    choices=("auto", "flowssl", "torchvision", "byol", "simclr", "moco", "detectron2"))
     p.add_argument("--allow-missing", action="store_true", help="write even if trunk keys are missing")
     p.add_argument("--drop-heads", action="store_true", help="leave out keys outside the ResNet trunk")
+    p.add_argument("--with-decoder", action="store_true",
+                   help="--to mmseg: also export PooDLe's spatial decoder, to read out through it (the authors' "
+                        "linear protocol; the readout config sets model.backbone.decoder)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -180,12 +183,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .convert import convert
 
-    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads)
+    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads,
+                   args.with_decoder)
     print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
           f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
           f"{side['keys_out']} out, {side['dropped_keys']} dropped")
     if "detectron2_config" in side:
         print("detectron2 config for this encoder:\n" + json.dumps(side["detectron2_config"], indent=2))
+    if side.get("decoder"):
+        print(f"with PooDLe's spatial decoder {side['decoder']}: read out through it with "
+              f"model.backbone.decoder=dict(channels={side['decoder']['channels']}, "
+              f"hidden_factor={side['decoder']['hidden_factor']})")
     print(f"wrote {args.out} (sha256 {side['sha256'][:12]}…) and {args.out}.json")
     if side.get("detectron2_yaml"):
         print(f"wrote {side['detectron2_yaml']}: set its _BASE_ to a model-zoo config to train with detectron2's "

@@ -1,4 +1,5 @@
-"""``FlowsslResNet``: mmseg's ``ResNet`` with the flowssl encoder's layout and a readout switch."""
+"""``FlowsslResNet``: mmseg's ``ResNet`` with the flowssl encoder's layout, a readout switch, and
+optionally PooDLe's spatial decoder on top (its authors read PooDLe out through it)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,18 @@ class FlowsslResNet(ResNet):
     statistics never updated) and no graph kept through the backbone. ``frozen=False`` fine-tunes
     everything (BN or SyncBN through ``norm_cfg``). ``checkpoint`` may be a flowssl pretraining
     checkpoint or any file ``flowssl convert`` reads; it is converted on load.
+
+    ``decoder=dict(channels=…, hidden_factor=…)``: PooDLe's protocol — its
+    :class:`~pretrain.models.decoder.SpatialDecoder` over layer2–layer4 (PooDLe pretrains a stride-32
+    encoder, ``output_stride=32``), loaded from ``checkpoint`` (a PooDLe pretraining checkpoint, or
+    ``flowssl convert --to mmseg --with-decoder``) and frozen with the encoder. Its stride-8 map is
+    appended to the outputs (``in_index=4``). ``None`` (default): the encoder alone, as FlowE's readouts.
     """
 
     arch_settings = {**ResNet.arch_settings, 14: (Bottleneck, (1, 1, 1, 1))}
 
     def __init__(self, arch: str = "resnet50", output_stride: int = 8, frozen: bool = True,
-                 checkpoint: str | None = None, **kwargs: Any) -> None:
+                 checkpoint: str | None = None, decoder: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if arch not in _DEPTH:
             raise KeyError(f"unknown arch '{arch}'; choose one of {sorted(_DEPTH)}")
         strides, dilations = _LAYOUT[output_stride]
@@ -39,6 +46,17 @@ class FlowsslResNet(ResNet):
         super().__init__(depth=_DEPTH[arch], strides=strides, dilations=dilations, contract_dilation=True,
                          style="pytorch", deep_stem=False, avg_down=False, **kwargs)
         self.frozen, self.flowssl_checkpoint = frozen, checkpoint
+        self.decoder = None
+        if decoder is not None:
+            from pretrain.models.decoder import SpatialDecoder
+
+            if tuple(self.out_indices) != (0, 1, 2, 3):
+                raise ValueError(f"backbone decoder reads layer2-layer4: keep out_indices (0, 1, 2, 3), got "
+                                 f"{self.out_indices}")
+            channels = {f"layer{i + 1}": self.base_channels * 2 ** i * self.block.expansion for i in range(4)}
+            self.decoder = SpatialDecoder(channels, **decoder)
+            if frozen:
+                self.decoder.requires_grad_(False)
 
     def init_weights(self) -> None:
         if self.flowssl_checkpoint is None:
@@ -49,13 +67,38 @@ class FlowsslResNet(ResNet):
         enc = read_encoder(self.flowssl_checkpoint, drop_heads=True)
         check_complete(enc)
         missing, unexpected = self.load_state_dict(enc.state, strict=False)
+        missing = [k for k in missing if not k.startswith("decoder.")]  # loaded next, from its own entry
         if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
             raise RuntimeError(f"{self.flowssl_checkpoint} does not fit FlowsslResNet: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}; is the arch right?")
+        if self.decoder is not None:
+            self._load_decoder()
         self._freeze_stages()
+
+    def _load_decoder(self) -> None:
+        from pretrain.convert import decoder_config, read_decoder
+
+        state, found = read_decoder(self.flowssl_checkpoint)
+        want = decoder_config(self.decoder.state_dict(), "model.backbone.decoder")
+        if found != want:
+            raise RuntimeError(f"{self.flowssl_checkpoint} holds a spatial decoder {found}, but "
+                               f"model.backbone.decoder builds {want}; set model.backbone.decoder to match")
+        self.decoder.load_state_dict(state)
+
+    def _freeze_stages(self) -> None:
+        super()._freeze_stages()
+        if getattr(self, "frozen", False) and getattr(self, "decoder", None) is not None:
+            self.decoder.eval()
+            self.decoder.requires_grad_(False)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = super().forward(x)
+        if self.decoder is None:
+            return outs
+        return (*outs, self.decoder(dict(zip(("layer1", "layer2", "layer3", "layer4"), outs, strict=True))))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.frozen:  # readout: nothing to differentiate, keep no activations
             with torch.no_grad():
-                return super().forward(x)
-        return super().forward(x)
+                return self._forward(x)
+        return self._forward(x)

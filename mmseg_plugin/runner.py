@@ -78,6 +78,8 @@ def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None =
         "framework": "mmseg", "config": Path(cfg.filename).name if cfg.filename else None,
         "readout_checkpoint": model_checkpoint, "backbone_checkpoint": cfg.model.backbone.get("checkpoint"),
         "frozen": cfg.model.backbone.get("frozen"), "decode_head": cfg.model.decode_head.type,
+        # PooDLe can be read out through its spatial decoder (its authors' protocol) or not (FlowE's)
+        "backbone_readout": "encoder+decoder" if cfg.model.backbone.get("decoder") else "encoder",
         "metrics": json_safe({k: float(v) for k, v in metrics.items()}),  # NaN (class absent) → null
     }
     out = Path(out or Path(cfg.work_dir) / "results.json")

@@ -109,8 +109,12 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=cmd_flow_show)
 
 
-def _source_cfg(args: argparse.Namespace) -> dict:
+def _source_cfg(args: argparse.Namespace, config_flow: dict | None = None) -> dict:
+    """``--source``, with the config's ``model.flow`` settings when it is the same kind (RAFT weights,
+    iterations, occlusion α), so a cache holds the flow training would compute; ``--checkpoint`` wins."""
     cfg = {"type": args.source}
+    if config_flow and config_flow.get("type") == args.source:
+        cfg.update(config_flow)
     if args.checkpoint:
         cfg["checkpoint"] = args.checkpoint
     return cfg
@@ -130,7 +134,9 @@ def cmd_flow_precompute(args: argparse.Namespace) -> int:
         raise ConfigError(f"data type '{data['type']}' has no fixed list of frame pairs to precompute "
                           "(use FrameFolderPairs or CityscapesSequencePairs)")
     keys = [dataset.pair_key(a, b) for a, b in dataset.pairs]
-    counts = precompute_cache(dataset.pairs, keys, Path(args.out), build_flow_source(_source_cfg(args)),
+    model_flow = (cfg.get("model") or {}).get("flow")
+    source = build_flow_source(_source_cfg(args, dict(model_flow) if model_flow else None))
+    counts = precompute_cache(dataset.pairs, keys, Path(args.out), source,
                               args.scale, args.device)
     print(f"flow cache {args.out}: {counts['done']} computed, {counts['skipped']} already there, "
           f"{counts['unreadable']} unreadable")
@@ -163,6 +169,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    choices=("auto", "flowssl", "torchvision", "byol", "simclr", "moco", "detectron2"))
     p.add_argument("--allow-missing", action="store_true", help="write even if trunk keys are missing")
     p.add_argument("--drop-heads", action="store_true", help="leave out keys outside the ResNet trunk")
+    p.add_argument("--with-decoder", action="store_true",
+                   help="--to mmseg: also export PooDLe's spatial decoder, to read out through it (the authors' "
+                        "linear protocol; the readout config sets model.backbone.decoder)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -171,12 +180,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .convert import convert
 
-    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads)
+    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads,
+                   args.with_decoder)
     print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
           f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
           f"{side['keys_out']} out, {side['dropped_keys']} dropped")
     if "detectron2_config" in side:
         print("detectron2 config for this encoder:\n" + json.dumps(side["detectron2_config"], indent=2))
+    if side.get("decoder"):
+        print(f"with PooDLe's spatial decoder {side['decoder']}: read out through it with "
+              f"model.backbone.decoder=dict(channels={side['decoder']['channels']}, "
+              f"hidden_factor={side['decoder']['hidden_factor']})")
     print(f"wrote {args.out} (sha256 {side['sha256'][:12]}…) and {args.out}.json")
     if side.get("detectron2_yaml"):
         print(f"wrote {side['detectron2_yaml']}: set its _BASE_ to a model-zoo config to train with detectron2's "

@@ -231,6 +231,40 @@ def read_encoder(path: str | Path, source: str = "auto", drop_heads: bool = Fals
     return enc
 
 
+def decoder_config(state: dict[str, torch.Tensor], path: str | Path) -> dict[str, Any]:
+    """The :class:`~pretrain.models.decoder.SpatialDecoder` arguments of a decoder state dict, read off
+    its shapes: ``channels`` (its blocks' output), ``hidden_factor`` (bottleneck width / (channels / 4))
+    and ``stages`` (one more than its blocks, ending at layer4)."""
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    try:
+        channels = int(state["blocks.0.conv3.weight"].shape[0])
+        width = int(state["blocks.0.conv1.weight"].shape[0])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: the decoder weights lack {exc}; not a flowssl spatial decoder") from None
+    return {"channels": channels, "hidden_factor": width / (channels // 4),
+            "stages": tuple(f"layer{i}" for i in range(4 - len(blocks), 5))}
+
+
+def read_decoder(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """PooDLe's spatial decoder — the online one, which its authors read out through — from a flowssl
+    pretraining checkpoint (``model['decoder.*']``) or a file ``flowssl convert --to mmseg
+    --with-decoder`` wrote (``decoder.state_dict``). Returns its state dict and :func:`decoder_config`."""
+    path = Path(path)
+    obj, is_pkl = _read_raw(path)
+    state: dict[str, torch.Tensor] = {}
+    if not is_pkl and isinstance(obj.get("decoder"), dict) and isinstance(obj["decoder"].get("state_dict"), dict):
+        state = dict(obj["decoder"]["state_dict"])
+    elif not is_pkl and isinstance(obj.get("model"), dict):
+        state = {k.removeprefix("decoder."): v for k, v in obj["model"].items() if k.startswith("decoder.")}
+    if not state:
+        raise CheckpointError(f"{path} holds no spatial decoder (only PooDLe pretraining checkpoints have one); "
+                              "read out the encoder alone (no --with-decoder, backbone decoder=None)")
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"decoder '{k}' in {path} contains NaN/Inf: the source checkpoint is broken")
+    return state, decoder_config(state, path)
+
+
 def check_complete(enc: Encoder, allow_missing: bool = False) -> list[str]:
     """Compare with a torchvision ResNet of the same depth; missing keys are an error unless allowed."""
     from .models.encoder import ARCHS, ResNetEncoder
@@ -351,10 +385,16 @@ def _sha256(path: Path) -> str:
 
 
 def convert(src: str | Path, target: str, out: str | Path, source: str = "auto", allow_missing: bool = False,
-            drop_heads: bool = False) -> dict[str, Any]:
-    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json``; returns the sidecar."""
+            drop_heads: bool = False, with_decoder: bool = False) -> dict[str, Any]:
+    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json``; returns the sidecar.
+
+    ``with_decoder`` (mmseg only): also export PooDLe's spatial decoder, for its authors' protocol of
+    reading out through it (``FlowsslResNet(decoder=...)``); the default exports the encoder alone."""
     if target not in TARGETS:
         raise CheckpointError(f"unknown --to '{target}'; choose one of {TARGETS}")
+    if with_decoder and target != "mmseg":
+        raise CheckpointError(f"--with-decoder writes MMSegmentation files only (--to mmseg), not --to {target}")
+    decoder = read_decoder(src) if with_decoder else None
     out = Path(out)
     if target == "detectron2" and out.suffix == ".yaml":
         raise CheckpointError(f"output {out}: a detectron2 checkpoint is a .pkl (its config fragment gets the .yaml)")
@@ -370,9 +410,13 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
         elif target == "mmseg":
             # mmseg's ResNet (style='pytorch', plain stem) uses torchvision's names; init_cfg=Pretrained
             # reads the "state_dict" entry.
-            meta = {**enc.meta, "arch": enc.arch, "converted_by": "flowssl"}
-            torch.save({"state_dict": enc.state, "meta": meta}, tmp)
-            n_out = len(enc.state)
+            meta = {**enc.meta, "arch": enc.arch, "converted_by": "flowssl",
+                    "readout": "encoder+decoder" if decoder else "encoder"}
+            payload = {"state_dict": enc.state, "meta": meta}
+            if decoder:
+                payload["decoder"] = {"state_dict": decoder[0], "config": decoder[1]}
+            torch.save(payload, tmp)
+            n_out = len(enc.state) + (len(decoder[0]) if decoder else 0)
         else:
             torch.save(enc.state, tmp)
             n_out = len(enc.state)
@@ -381,7 +425,7 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
         "method": enc.meta.get("method", "unknown"), "config_name": enc.meta.get("config_name"),
         "arch": enc.arch, "output_stride": enc.meta.get("output_stride", 32),
         "keys_in": len(enc.state), "keys_out": n_out, "dropped_keys": len(enc.dropped), "missing_keys": missing,
-        "sha256": _sha256(out),
+        "sha256": _sha256(out), "decoder": dict(decoder[1], stages=list(decoder[1]["stages"])) if decoder else None,
     }
     if target == "detectron2":
         sidecar["detectron2_config"] = d2_config_hints(enc)
@@ -394,5 +438,5 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
 
 
 __all__ = ["LAYOUTS", "SAFE_NAME", "TARGETS", "Encoder", "check_complete", "checked_meta", "convert",
-           "d2_config_hints", "d2_stock_fragment",
-           "d2_to_torchvision_name", "read_encoder", "to_detectron2", "torchvision_to_d2_name"]
+           "d2_config_hints", "d2_stock_fragment", "d2_to_torchvision_name", "decoder_config", "read_decoder",
+           "read_encoder", "to_detectron2", "torchvision_to_d2_name"]

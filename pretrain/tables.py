@@ -109,8 +109,18 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]
                              "rerun that readout or delete the file")
         value = result_value(data)
         if value is not None:
-            table[(dataset, method)][column].append(value)
+            table[(dataset, row_label(method, data))][column].append(value)
     return table
+
+
+def row_label(method: str, data: dict) -> str:
+    """The method cell: PooDLe rows say what was read out — the encoder alone (FlowE's protocol, flowssl's
+    default export) or encoder + spatial decoder (PooDLe's own, ``FlowsslResNet(decoder=...)``); results
+    written before that choice existed were encoder-only. The two are never averaged together."""
+    readout = data.get("backbone_readout", "encoder")
+    if readout == "encoder+decoder":
+        return f"{method} (encoder+decoder)"
+    return f"{method} (encoder)" if "poodle" in method else method
 
 
 def _cell(values: list[float]) -> str:

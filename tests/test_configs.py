@@ -54,6 +54,8 @@ def test_flowe_paper_configs_use_synthetic_only_raft_in_fp32(name):
     flow = load_config(REPO / "configs" / "pretrain" / f"{name}.py").model.flow
     assert (flow.type, flow.size, flow.weights, flow.num_flow_updates, flow.amp) == ("raft", "large", "C_T_V2", 32,
                                                                                       False)
+    # occlusion thresholds: the consistency check FlowE cites (Sundaram et al.), the sources' defaults
+    assert (flow.get("alpha1", 0.01), flow.get("alpha2", 0.5)) == (0.01, 0.5)
 
 
 @pytest.mark.parametrize("name,regions", [("s3_affine_r50_bdd100k", 5), ("s3_affine_r14_synthetic_demo", 5),
@@ -76,8 +78,62 @@ def test_poodle_paper_config_carries_the_reference_values():
                           "jitter": 0.1, "max_tries": 5}
     assert m.loss_weights == {"dense": 0.5, "pooled": 0.5} and m.loss_resolution == "image"
     assert (m.flow.weights, m.flow.num_flow_updates) == ("C_T_V2", 24)
+    assert (m.flow.alpha1, m.flow.alpha2) == (0.1, 0.5)  # poodle.yaml's occlusion thresholds, not FlowE's
     assert cfg.optimizer == {"type": "AdamW", "lr": 5e-4, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 1e-2}
     assert cfg.batch_size * 32 == cfg.global_batch == 128
     assert tuple(cfg.data.interval_s) == (0.5, 1.0) and tuple(cfg.data.crop_size) == (512, 1024)
     assert cfg.data.affine == {"scale": (0.9, 1.1), "rotation": 10.0, "hflip": 0.5}
     assert cfg.max_iters == 54700 and cfg.lr_schedule.warmup_iters == 1094
+
+
+def test_poodle_config_builds_its_raft_with_the_reference_occlusion_thresholds(tmp_path):
+    """The α keys reach the RAFT source (a random RAFT-small file stands in for the weights), and they
+    change the mask: α₁ = 0.1 tolerates a forward–backward mismatch that 0.01 calls occluded."""
+    import torch
+    from torchvision.models.optical_flow import raft_small
+
+    from pretrain.flow.sources import FlowPair, RAFTFlow
+
+    ckpt = tmp_path / "raft.pth"
+    torch.save(raft_small(weights=None).state_dict(), ckpt)
+    cfg = load_config(REPO / "configs" / "pretrain" / "poodle_r50_bdd100k.py",
+                      {"model.flow.size": "small", "model.flow.checkpoint": str(ckpt)})
+    source = build_from(FLOW_SOURCES, dict(cfg.model.flow), "flow source")
+    assert isinstance(source, RAFTFlow) and (source.alpha1, source.alpha2) == (0.1, 0.5)
+    fw = torch.full((1, 2, 32, 32), 4.0)
+    bw = -fw * 0.8  # |f + b̂|² = 1.28 px²: above 0.01·(|f|² + |b̂|²) + 0.5 = 1.02, below 0.1·(…) + 0.5 = 5.7
+    inner = (slice(None), slice(0, 24), slice(0, 24))  # pixels whose partner lies inside the frame
+    strict = FlowPair.from_consistency(fw, bw, 0.01, 0.5)
+    loose = FlowPair.from_consistency(fw, bw, source.alpha1, source.alpha2)
+    assert not strict.valid_fw[inner].any() and loose.valid_fw[inner].all()
+
+
+def test_flow_precompute_takes_the_configs_raft_settings(tmp_path, monkeypatch):
+    """One key picks FlowE's RAFT weights (issue 21.8): `flowssl flow precompute --source raft` builds the
+    config's model.flow (weights, iterations, α) — not torchvision's defaults — and --checkpoint wins."""
+    import pretrain.flow.sources as sources
+    from pretrain.cli import main
+
+    frames = tmp_path / "frames" / "seq"
+    frames.mkdir(parents=True)
+    import cv2
+    import numpy as np
+
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), np.full((24, 32, 3), 40 * i, np.uint8))
+    built = []
+    real = sources.build_flow_source
+
+    def spy(cfg):
+        built.append(dict(cfg))
+        return real({"type": "dis"})
+
+    monkeypatch.setattr(sources, "build_flow_source", spy)
+    cfg = REPO / "configs" / "pretrain" / "flowe_r50_frames.py"
+    opts = ["data.root=" + str(tmp_path / "frames"), "data.interval=1", "model.flow.weights=C_T_SKHT_V2"]
+    assert main(["flow", "precompute", str(cfg), "--out", str(tmp_path / "c1"), "--source", "raft",
+                 "--checkpoint", "/x/raft.pth", "--cfg-options", *opts]) == 0
+    assert built[-1] == {"type": "raft", "size": "large", "weights": "C_T_SKHT_V2", "num_flow_updates": 32,
+                         "amp": False, "checkpoint": "/x/raft.pth"}
+    assert main(["flow", "precompute", str(cfg), "--out", str(tmp_path / "c2"), "--cfg-options", *opts]) == 0
+    assert built[-1] == {"type": "dis"}  # another kind of source: nothing of RAFT's carried over

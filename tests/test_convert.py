@@ -151,3 +151,59 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, capsys):
     torch.save({"foo": torch.zeros(3)}, tmp_path / "foreign.pth")
     with pytest.raises(CheckpointError, match="no ResNet trunk found"):
         read_encoder(tmp_path / "foreign.pth")
+
+
+# -- PooDLe's spatial decoder (issue 21.6) ---------------------------------------------------------------
+
+
+def _poodle_ckpt(tmp_path, channels: int = 64) -> tuple[str, torch.nn.Module]:
+    """A PooDLe pretraining checkpoint as the trainer writes it (encoder, full model, meta)."""
+    from pretrain.objectives.poodle import PooDLe
+
+    torch.manual_seed(0)
+    small = {"hidden_channels": 16, "out_channels": 8}
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, decoder={"channels": channels, "hidden_factor": 0.5},
+                   projector=small, predictor={"hidden_channels": 16}, pooled_projector=small,
+                   pooled_predictor={"hidden_channels": 16})
+    with torch.no_grad():
+        for p in model.decoder.parameters():  # decoder and target decoder differ: the export takes the online one
+            p.add_(0.1)
+    path = tmp_path / "poodle.pth"
+    torch.save({"encoder": model.encoder.state_dict(), "model": model.state_dict(),
+                "meta": {"method": "poodle", **model.encoder.meta}}, path)
+    return str(path), model
+
+
+def test_poodle_export_with_decoder_carries_the_online_decoder(tmp_path, capsys):
+    src, model = _poodle_ckpt(tmp_path)
+    out = tmp_path / "poodle_mmseg.pth"
+    assert main(["convert", src, "--to", "mmseg", "-o", str(out), "--with-decoder"]) == 0
+    assert "hidden_factor=0.5" in capsys.readouterr().out
+    saved = torch.load(out, weights_only=True)
+    assert saved["meta"]["readout"] == "encoder+decoder"
+    assert saved["decoder"]["config"] == {"channels": 64, "hidden_factor": 0.5,
+                                          "stages": ("layer2", "layer3", "layer4")}
+    want = model.decoder.state_dict()
+    assert saved["decoder"]["state_dict"].keys() == want.keys()
+    assert all(torch.equal(saved["decoder"]["state_dict"][k], v) for k, v in want.items())
+    assert not torch.equal(saved["decoder"]["state_dict"]["blocks.0.conv1.weight"],
+                           model.target_decoder.state_dict()["blocks.0.conv1.weight"])
+    side = json.loads((tmp_path / "poodle_mmseg.pth.json").read_text())
+    assert side["decoder"]["channels"] == 64 and side["keys_out"] == len(saved["state_dict"]) + len(want)
+    # the default stays the encoder alone
+    convert(src, "mmseg", tmp_path / "enc.pth")
+    plain = torch.load(tmp_path / "enc.pth", weights_only=True)
+    assert "decoder" not in plain and plain["meta"]["readout"] == "encoder"
+
+
+def test_with_decoder_refuses_what_has_no_decoder_or_cannot_hold_one(tmp_path, capsys):
+    src = _flowssl_ckpt(tmp_path, _random_encoder("resnet14", 8))
+    assert main(["convert", src, "--to", "mmseg", "-o", str(tmp_path / "x.pth"), "--with-decoder"]) == 2
+    err = capsys.readouterr().err
+    first = err.strip().splitlines()[0]  # the one-line error (a --debug hint follows)
+    assert first.startswith("flowssl: error: ") and "flowssl.pth holds no spatial decoder" in first
+    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "x.pth.json").exists()
+    poodle, _ = _poodle_ckpt(tmp_path)
+    with pytest.raises(CheckpointError, match="--with-decoder writes MMSegmentation files only"):
+        convert(poodle, "torchvision", tmp_path / "y.pth", with_decoder=True)
+    assert not (tmp_path / "y.pth").exists()

@@ -161,3 +161,80 @@ def test_resume_and_the_guarded_checkpoint_loader(tmp_path, synthetic_root):
     torch.save({"state_dict": {}, "evil": _Foreign()}, tmp_path / "foreign.pth")
     with pytest.raises(RuntimeError, match="refusing to unpickle"):
         load_local_checkpoint(str(tmp_path / "foreign.pth"), "cpu")
+
+
+# -- PooDLe read out through its spatial decoder (issue 21.6) --------------------------------------------
+
+DECODER_TINY = REPO / "configs" / "mmseg" / "deeplabv1_flowssl-r14-poodle-decoder-frozen_1xb4-300_synthetic-64x128.py"
+
+
+def _poodle_checkpoint(tmp_path: Path, channels: int = 64) -> tuple[Path, torch.nn.Module]:
+    from pretrain.objectives.poodle import PooDLe
+
+    torch.manual_seed(0)
+    small = {"hidden_channels": 16, "out_channels": 8}
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, decoder={"channels": channels, "hidden_factor": 0.5},
+                   projector=small, predictor={"hidden_channels": 16}, pooled_projector=small,
+                   pooled_predictor={"hidden_channels": 16})
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics: eval mode must use them
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "poodle.pth"
+    torch.save({"encoder": model.encoder.state_dict(), "model": model.state_dict(),
+                "meta": {"method": "poodle", **model.encoder.meta}}, path)
+    return path, model.eval()
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_decoder_backbone_returns_poodles_dense_map(tmp_path, converted):
+    """From a PooDLe pretraining checkpoint or its `--with-decoder` export, the backbone's last output is
+    the pretrained D(f(x)) — the map PooDLe's dense loss was trained on — at stride 8, frozen."""
+    from pretrain.convert import convert
+
+    ckpt, model = _poodle_checkpoint(tmp_path)
+    if converted:
+        convert(ckpt, "mmseg", tmp_path / "export.pth", with_decoder=True)
+        ckpt = tmp_path / "export.pth"
+    mm = MODELS.build(dict(type="FlowsslResNet", arch="resnet14", output_stride=32, frozen=True,
+                           checkpoint=str(ckpt), decoder=dict(channels=64, hidden_factor=0.5)))
+    mm.init_weights()
+    mm.train()  # a frozen readout keeps BN (decoder's too) in eval mode even in train mode
+    assert not any(p.requires_grad for p in mm.parameters())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        want = model.decoder(model.encoder.forward_stages(x))
+        outs = mm(x)
+    assert len(outs) == 5 and outs[4].shape[-2:] == (8, 12)
+    torch.testing.assert_close(outs[4], want, atol=1e-5, rtol=0)
+
+
+def test_decoder_backbone_refuses_a_mismatched_or_missing_decoder(tmp_path):
+    ckpt, _ = _poodle_checkpoint(tmp_path)
+    mm = MODELS.build(dict(type="FlowsslResNet", arch="resnet14", output_stride=32, checkpoint=str(ckpt),
+                           decoder=dict(channels=128, hidden_factor=0.5)))
+    with pytest.raises(RuntimeError, match="poodle.pth holds a spatial decoder .*'channels': 64.*set model.backbone"):
+        mm.init_weights()
+    from pretrain.fileio import CheckpointError
+
+    mm = MODELS.build(dict(type="FlowsslResNet", arch="resnet14", output_stride=32,
+                           checkpoint=str(_flowssl_checkpoint(tmp_path)), decoder=dict(channels=64)))
+    with pytest.raises(CheckpointError, match="flowssl.pth holds no spatial decoder"):
+        mm.init_weights()
+
+
+def test_readout_through_the_decoder_trains_and_says_so_in_results(tmp_path, synthetic_root):
+    ckpt, model = _poodle_checkpoint(tmp_path)
+    opts = {"train_cfg.max_iters": 2, "train_cfg.val_interval": 2, "param_scheduler.0.end": 2,
+            "default_hooks.checkpoint.interval": 2, "train_dataloader.batch_size": 2,
+            "model.backbone.decoder.channels": 64, "model.decode_head.in_channels": 64,
+            **{f"{s}_dataloader.dataset.data_root": str(synthetic_root) for s in ("train", "val", "test")}}
+    cfg = load_cfg(DECODER_TINY, tmp_path / "work", str(ckpt), opts)
+    runner = run_train(cfg)
+    dec = runner.model.backbone.decoder.state_dict()
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in dec.items())  # frozen: untouched
+    result = run_test(load_cfg(DECODER_TINY, tmp_path / "work", str(ckpt), opts),
+                      str(Path(cfg.work_dir) / "iter_2.pth"), tmp_path / "res.json")
+    assert result["backbone_readout"] == "encoder+decoder"
+    assert json.loads((tmp_path / "res.json").read_text())["backbone_readout"] == "encoder+decoder"

@@ -104,7 +104,7 @@ def test_subcrop_partners_follow_an_analytic_motion():
     assert ((frac > 0.05 - 1e-4) & (frac < 0.3 + 1e-4)).all()
     # cells are distinct: K centres per image never share a cell
     cell = round(np.sqrt(0.175) * min(h, w))
-    ids = (c[..., 1] // cell) * (w // cell + 1) + c[..., 0] // cell
+    ids = (c[..., 1] // cell) * -(-w // cell) + c[..., 0] // cell
     assert all(len(set(row.tolist())) == 6 for row in ids)
 
 
@@ -133,6 +133,77 @@ def test_unpaired_subcrops_fall_back_to_the_same_view():
     assert not crops["paired"].any()
     boxes_b = crops["boxes_b"]
     assert (boxes_b[..., :2] >= 0).all() and (boxes_b[..., 2] <= 80).all() and (boxes_b[..., 3] <= 40).all()
+
+
+def _cells(h: int, w: int) -> tuple[int, int, int]:
+    """The subcrop grid: cell side (about a mean crop's side), rows and columns holding view pixels."""
+    cell = round(np.sqrt(0.175) * min(h, w))
+    return cell, -(-h // cell), -(-w // cell)
+
+
+@pytest.mark.parametrize("size", [(512, 1024), (100, 300), (60, 100)])
+def test_subcrop_centres_are_uniform_in_the_in_image_part_of_each_cell(size):
+    """Issue 21.1: a border cell reaching past the view is sampled over its in-image pixels, so no
+    centre piles up on the last row/column (clamping put ~20 % of them on y = 511 at 512×1024).
+    Cells away from the top/left border (where the online crop is moved in, 21.3) hold uniform
+    centres; 100×300 is not a multiple of the cell, 60×100 has a width that is (4 cells of 25: no
+    fifth, empty column, where the reference's randint fails)."""
+    h, w = size
+    cell, rows, cols = _cells(h, w)
+    t, valid = torch.zeros(4, 2, h, w), torch.ones(4, h, w, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.cat([flow_subcrops(t, valid, num=6, jitter=0.0, generator=gen)["centre_a"].reshape(-1, 2)
+                         for _ in range(150)])
+    assert (centres >= 0).all() and (centres[:, 0] <= w - 1).all() and (centres[:, 1] <= h - 1).all()
+    cx, cy = (centres[:, 0] // cell).long(), (centres[:, 1] // cell).long()
+    assert cx.max() == cols - 1 and cy.max() == rows - 1  # the last row and column are drawn from
+    for axis, idx, n_cells, length in ((1, cy, rows, h), (0, cx, cols, w)):
+        last = idx == n_cells - 1
+        in_image = length - (n_cells - 1) * cell  # pixels of the last cell inside the view
+        at_border = (centres[last, axis] == length - 1).float().mean()
+        assert at_border < 3 / in_image + 0.01, (axis, at_border.item(), in_image)
+        # uniform over [origin, length): offsets / extent have mean 1/2 and variance 1/12
+        frac = (centres[last, axis] - (n_cells - 1) * cell + 0.5) / in_image
+        assert abs(frac.mean() - 0.5) < 0.03 and abs(frac.var() - 1 / 12) < 0.015, (axis, frac.mean(), frac.var())
+    if np.sqrt(0.4 * h * w) / 2 < cell:  # the largest online crop's half-side: the clamp stays in cell 0
+        full = (cx > 0) & (cy > 0) & (cx < cols - 1) & (cy < rows - 1)  # full cells hold uniform centres too
+        assert full.sum() > 200
+        frac = (centres[full] - torch.stack([cx, cy], 1)[full] * cell + 0.5) / cell
+        assert (frac.mean(0) - 0.5).abs().max() < 0.03 and (frac.var(0) - 1 / 12).abs().max() < 0.015
+
+
+def test_online_subcrop_starts_inside_the_view_and_the_flow_is_read_at_its_centre():
+    """Issue 21.3: as the reference's max(i, h // 2), the online crop never starts above/left of the
+    view (it may still reach past the bottom/right border); the partner is found from the moved centre."""
+    h, w, b = 60, 100, 8
+    d = torch.tensor([2.0, 1.0])
+    t, valid = d[None, :, None, None].expand(b, 2, h, w).clone(), torch.ones(b, h, w, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(3)
+    starts, ends = [], []
+    for _ in range(40):
+        crops = flow_subcrops(t, valid, num=6, jitter=0.0, generator=gen)
+        boxes = crops["boxes_a"]
+        starts.append(boxes[..., :2].reshape(-1, 2))
+        ends.append(boxes[..., 2:].reshape(-1, 2))
+        ok = crops["paired"]
+        torch.testing.assert_close(crops["centre_b"][ok], crops["centre_a"][ok] + d)
+    starts, ends = torch.cat(starts), torch.cat(ends)
+    assert (starts >= 0).all()
+    assert (starts < 0.5).any()  # the clamp is reached: crops start right at the border
+    assert (ends > torch.tensor([w, h])).any()  # bottom/right: not clamped, as the reference
+
+
+def test_unpaired_subcrop_is_a_concentric_crop_of_the_same_view():
+    """Issue 21.2: when no try finds a partner the reference crops view a again at the same centre."""
+    t = torch.zeros(3, 2, 40, 80)
+    crops = flow_subcrops(t, torch.zeros(3, 40, 80, dtype=torch.bool), num=5,
+                          generator=torch.Generator().manual_seed(0))
+    assert not crops["paired"].any()
+    torch.testing.assert_close(crops["centre_b"], crops["centre_a"])
+    ctr = lambda box: (box[..., :2] + box[..., 2:]) / 2 - 0.5  # noqa: E731
+    inner = ((crops["boxes_b"][..., :2] > 0) & (crops["boxes_b"][..., 2:] < torch.tensor([80.0, 40.0]))).all(-1)
+    assert inner.any()
+    torch.testing.assert_close(ctr(crops["boxes_b"])[inner], crops["centre_a"][inner])
 
 
 def test_crop_boxes_reads_the_boxed_pixels():

@@ -51,7 +51,7 @@ def test_published_numbers_are_table1_values():
 def test_poodle_reference_rows_stand_beside_ours_without_a_difference(tmp_path):
     _write(tmp_path, "poodle", "bdd100k", "deeplabv1", 0, {"mIoU": 36.0})
     md = render(tmp_path, "md")
-    assert "| bdd100k | poodle | 36.0 | – | – | – |" in md
+    assert "| bdd100k | poodle (encoder) | 36.0 | – | – | – |" in md  # results without the field: encoder-only
     assert "poodle (ours − paper)" not in md  # other protocols: no difference row
     assert "| poodle (PooDLe paper) | 39.2 | 49.9 | 4.9 | 25.2 | 47.2 | 60.7 |" in md
     assert "| flowe (PooDLe paper) | 35.7 | 47.3 | 3.2 | 23.8 | 43.1 | 57.7 |" in md
@@ -63,3 +63,17 @@ def test_poodle_reference_rows_stand_beside_ours_without_a_difference(tmp_path):
 def test_missing_results_folder(tmp_path, capsys):
     assert main(["tables", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_poodle_rows_say_whether_the_decoder_was_read_out(tmp_path):
+    """Issue 21.6: a PooDLe row names its readout — encoder alone or encoder + spatial decoder — and the two
+    are separate rows, never averaged as seeds of one."""
+    for seed, (readout, miou) in enumerate((("encoder", 30.0), ("encoder+decoder", 34.0), ("encoder+decoder", 36.0))):
+        d = tmp_path / "poodle" / "bdd100k" / "deeplabv1" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"metrics": {"mIoU": miou}, "backbone_readout": readout}))
+    md = render(tmp_path, "md")
+    assert "| bdd100k | poodle (encoder) | 30.0 | – | – | – |" in md
+    assert "| bdd100k | poodle (encoder+decoder) | 35.0 ± 1.4 | – | – | – |" in md
+    _write(tmp_path, "flowe", "bdd100k", "deeplabv1", 0, {"mIoU": 33.0})
+    assert "| bdd100k | flowe | 33.0 |" in render(tmp_path, "md")  # other methods keep their name

@@ -339,16 +339,42 @@ class VideoPairs(FramePairs):
         return frames[0], frames[1], {"keys": [path.stem]}
 
 
+# Frames OpenCV decodes per video file, keyed by (path, size, mtime): counted once per process.
+_FRAME_COUNTS: dict[tuple[str, int, int], int] = {}
+
+
+def video_frame_count(cap: cv2.VideoCapture, path: Path) -> int:
+    """The number of frames OpenCV decodes from ``path``. The container's count (``CAP_PROP_FRAME_COUNT``)
+    is an estimate from duration × fps that can be off either way — too high, a seek past the real end
+    returns no frame (the video would be counted as bad); too low, the last frames are never drawn.
+    It is used when it checks out (frame n − 1 decodes after a seek and nothing follows it); otherwise
+    the frames are counted by decoding them all. Once per file and process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FRAME_COUNTS:
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if n <= 0 or not cap.set(cv2.CAP_PROP_POS_FRAMES, n - 1) or not cap.grab() or cap.grab():
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            n = 0
+            while cap.grab():
+                n += 1
+        _FRAME_COUNTS[key] = n
+    return _FRAME_COUNTS[key]
+
+
 def read_video_pair(path: Path, rng: np.random.Generator,
                     interval_s: float | tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Two frames ``interval_s`` (or a gap drawn in [lo, hi] s) apart at a random time, or None if the
-    video cannot be decoded."""
+    video cannot be decoded. Frames are found by index (``CAP_PROP_POS_FRAMES``: OpenCV seeks to the
+    keyframe before and decodes forward), not by time; the frame count is checked
+    (:func:`video_frame_count`). tests/test_video_pairs.py proves the pairs exactly ``gap`` frames
+    apart and equal to sequential decoding on H.264 with B-frames (mp4/mov, 30/29.97 fps)."""
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
             return None
         fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        n = video_frame_count(cap, path)
         if isinstance(interval_s, (tuple, list)):
             gap = max(1, int(rng.integers(round(interval_s[0] * fps), round(interval_s[1] * fps) + 1)))
         else:

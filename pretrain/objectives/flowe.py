@@ -7,6 +7,7 @@ of an equivariant network is the same under bf16 as in fp32.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,10 @@ from ..registry import OBJECTIVES
 from .base import BootstrapObjective
 
 LOSS_RESOLUTIONS = ("image", "feature")
+# How a band of the image loss reads the warped target: "rows" upsamples the span of z rows its targets
+# touch, "taps" reads four upsampled neighbours per pixel; "auto" takes rows unless that span exceeds
+# 3× the band. The value: the span, in bands, above which the taps are read. Forcing one is for tests.
+BAND_PATHS = {"auto": 3.0, "rows": math.inf, "taps": 0.0}
 
 
 def upsampled_at(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -51,11 +56,12 @@ def _warped_taps(z: torch.Tensor, target_at: torch.Tensor, size: tuple[int, int]
 
 
 def _warped_rows(z: torch.Tensor, target_at: torch.Tensor, weight: torch.Tensor,
-                 size: tuple[int, int]) -> torch.Tensor:
+                 size: tuple[int, int], taps_above: float = BAND_PATHS["auto"]) -> torch.Tensor:
     """Same values as :func:`_warped_taps`, cheaper where a band of view rows reads few rows of the
     upsampled z (flow and view scales move rows by little): per sample, upsample only the rows
     [lo, hi] its valid targets touch, then one bilinear warp over them. Falls back to the four taps
-    when that span exceeds 3× the band."""
+    when that span exceeds ``taps_above`` × the band (3; see :data:`BAND_PATHS`). A sample with no
+    valid target in the band gives zeros (its weight is zero there)."""
     h, w = size
     rows = target_at.shape[2]
     out = []
@@ -66,7 +72,7 @@ def _warped_rows(z: torch.Tensor, target_at: torch.Tensor, weight: torch.Tensor,
             continue
         lo = int(ty.min().floor().clamp(0, h - 1))
         hi = int((ty.max().floor() + 1).clamp(0, h - 1))
-        if hi - lo + 1 > 3 * rows:
+        if hi - lo + 1 > taps_above * rows:
             out.append(_warped_taps(z[i : i + 1], target_at[i : i + 1], size))
             continue
         span = pixel_coords(hi - lo + 1, w, z.device, target_at.dtype)
@@ -86,12 +92,17 @@ class _BandedImageLoss(torch.autograd.Function):
     s = ⟨p̂, ẑ⟩ / (‖p̂‖‖ẑ‖), eq. 5 is 2 − 2s and its gradient −2/‖p̂‖ · (ẑ/‖ẑ‖ − s·p̂/‖p̂‖) is written
     out (four fused passes instead of autograd's normalise–subtract–square graph); only the
     adjoint of the upsampling goes through autograd. Norms are clamped at 1e-12 like ``F.normalize``.
+
+    ``need_grad``: the caller's ``torch.is_grad_enabled() and p.requires_grad``. Inside ``forward``
+    grad mode is always off and ``ctx.needs_input_grad`` ignores the caller's ``no_grad``, so without
+    it an evaluation under ``no_grad`` would compute (and keep) dΣ/dp for nothing.
     """
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, z: torch.Tensor, q: torch.Tensor, target_at: torch.Tensor,  # noqa: ANN001
-                weight: torch.Tensor, size: tuple[int, int], chunk_rows: int) -> torch.Tensor:
-        need_grad = ctx.needs_input_grad[0]
+                weight: torch.Tensor, size: tuple[int, int], chunk_rows: int, need_grad: bool,
+                taps_above: float) -> torch.Tensor:
+        need_grad = need_grad and ctx.needs_input_grad[0]
         total = p.new_zeros(())
         grad_p = torch.zeros_like(p) if need_grad else None
         for r0 in range(0, size[0], chunk_rows):
@@ -101,7 +112,7 @@ class _BandedImageLoss(torch.autograd.Function):
                 leaf = p.detach().requires_grad_(need_grad)
                 p_up = upsampled_at(leaf, q_band[:, 0], q_band[:, 1], size)
             p_hat = p_up.detach()
-            z_unit = _warped_rows(z, target_at[:, :, rows], weight[:, rows], size)
+            z_unit = _warped_rows(z, target_at[:, :, rows], weight[:, rows], size, taps_above)
             z_unit = z_unit.mul_(1 / torch.linalg.vector_norm(z_unit, dim=1, keepdim=True).clamp_min(1e-12))
             inv_norm_p = 1 / torch.linalg.vector_norm(p_hat, dim=1, keepdim=True).clamp_min(1e-12)
             cos = (p_hat * z_unit).sum(1, keepdim=True).mul_(inv_norm_p)
@@ -115,44 +126,57 @@ class _BandedImageLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: ANN001
         (grad_p,) = ctx.saved_tensors
-        return (grad_p * grad_total if ctx.needs_input_grad[0] else None,) + (None,) * 6
+        return (grad_p * grad_total if ctx.needs_input_grad[0] else None,) + (None,) * 8
 
 
 def image_resolution_loss(p: torch.Tensor, z: torch.Tensor, t: torch.Tensor, valid: torch.Tensor,
-                          size: tuple[int, int], chunk_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                          size: tuple[int, int], chunk_rows: int = 32,
+                          band_path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's loss (upsample p and z to the view, warp z by T, eq. 5 per view pixel) computed
     in bands of ``chunk_rows`` view rows (:class:`_BandedImageLoss`): neither the upsampled maps nor
-    the warped one ever exist whole. Same numbers as the straightforward version (a test checks loss
-    and gradients), at the memory of the feature-grid loss. ``t``/``valid`` [B,2,H,W]/[B,H,W] are T
-    and its validity per view pixel; z is a target (no gradient)."""
+    the warped one ever exist whole. Same numbers as the straightforward version (tests check loss
+    and gradients on both band paths, :data:`BAND_PATHS`), at the memory of the feature-grid loss.
+    ``t``/``valid`` [B,2,H,W]/[B,H,W] are T and its validity per view pixel; z is a target (no
+    gradient). Computes in fp32, or in fp64 when any of p, z, t is (as the straightforward version)."""
+    if band_path not in BAND_PATHS:
+        raise KeyError(f"band_path must be one of {sorted(BAND_PATHS)}, got '{band_path}'")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1 for the banded loss, got {chunk_rows}")
     h, w = size
     b = p.shape[0]
-    q = pixel_coords(h, w, p.device).expand(b, -1, -1, -1)
-    target_at = q + t
+    dtype = torch.float32
+    for x in (p, z, t):  # at least fp32 (coordinates), fp64 when an input is
+        dtype = torch.promote_types(dtype, x.dtype)
+    q = pixel_coords(h, w, p.device, dtype).expand(b, -1, -1, -1)
+    target_at = q + t.to(dtype)
     inside = ((target_at[:, 0] >= 0) & (target_at[:, 0] <= w - 1) & (target_at[:, 1] >= 0)
               & (target_at[:, 1] <= h - 1))
     valid = valid & inside
-    weight = valid.to(p.dtype)
-    total = _BandedImageLoss.apply(p, z.detach(), q, target_at, weight, size, chunk_rows)
+    weight = valid.to(dtype)
+    need_grad = torch.is_grad_enabled() and p.requires_grad
+    total = _BandedImageLoss.apply(p.to(dtype), z.detach().to(dtype), q, target_at, weight, size, chunk_rows,
+                                   need_grad, BAND_PATHS[band_path])
     return total / weight.sum().clamp(min=1), valid
 
 
 @fp32
 def equivariance_loss(p: torch.Tensor, z: torch.Tensor, aff_a: torch.Tensor, aff_b: torch.Tensor,
                       flow_ab: torch.Tensor, valid_ab: torch.Tensor, view_size: tuple[int, int],
-                      resolution: str = "feature", chunk_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                      resolution: str = "feature", chunk_rows: int = 32,
+                      band_path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 5 between the online map ``p`` of view a and the target map ``z`` of view b (both at
     feature resolution), with z warped into view a by T (eq. 4). Returns (loss, valid fraction).
 
     ``'image'``: Algorithm 1 — upsample p and z to the view size, compose T per view pixel, warp;
     computed in bands of ``chunk_rows`` rows (:func:`image_resolution_loss`), or all at once with
-    ``chunk_rows=0`` (the straightforward reference, which holds several full-resolution maps).
+    ``chunk_rows=0`` (the straightforward reference, which holds several full-resolution maps);
+    ``band_path`` forces how a band reads the warped target (:data:`BAND_PATHS`, for tests).
     ``'feature'``: compose T on the feature grid (cell k ↔ view pixel s·k + (s−1)/2) and warp the
     feature map itself. All of it in fp32, whatever the autocast state and the dtype of p and z.
     """
     if resolution == "image" and chunk_rows:
         t, valid = view_flow(aff_a, aff_b, flow_ab, valid_ab, view_size)
-        loss, valid = image_resolution_loss(p, z.detach(), t, valid, view_size, chunk_rows)
+        loss, valid = image_resolution_loss(p, z.detach(), t, valid, view_size, chunk_rows, band_path)
         return loss, valid.float().mean()
     if resolution == "image":
         p = F.interpolate(p, size=view_size, mode="bilinear", align_corners=False)

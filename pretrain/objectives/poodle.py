@@ -10,12 +10,17 @@ the flow carries the first crop's centre, encoded separately, pooled (layer4, gl
 matched with BYOL's loss. Loss = 0.5·dense + 0.5·pooled (reference ``configs/exp/poodle.yaml``).
 
 Subcrop placement follows the reference code (``src/models/poodle.py``): K centres in K distinct
-cells of a grid of cells about a mean crop's size, the partner centre = centre + T(centre) + a
-jitter of up to ±10 % of the view, up to 5 tries per crop, else a second crop of the same view;
-the online crop is not clamped (zero padding), the target crop is at least as large and clamped to
-its view. Differences, chosen for this harness: crops are cut from the two *views* (after FlowE's
-affine), so the partner is found through T = A_b ∘ M ∘ A_a⁻¹ rather than the frame flow alone; a
-try also needs T to be valid (non-occluded) at the centre, not only inside the view.
+cells of a grid of cells about a mean crop's size, each uniform over the in-image part of its cell;
+the online crop's size is drawn first and its centre kept far enough from the top/left border that
+the crop starts inside the view (the reference's ``max(i, h // 2)``; past the bottom/right border it
+may reach into zero padding, as there); the partner centre = centre + T(centre) + a jitter of up to
+±10 % of the view, up to 5 tries per crop, else a second crop of the same view around the *same*
+centre (a concentric pair); the target crop is at least as large and clamped to its view.
+Differences, chosen for this harness: crops are cut from the two *views* (after FlowE's affine), so
+the partner is found through T = A_b ∘ M ∘ A_a⁻¹ rather than the frame flow alone; a try also needs
+T to be valid (non-occluded) at the centre, not only inside the view; the grid has no cell wholly
+outside the view (the reference's ``H // cell + 1`` rows add an empty one when the cell divides H,
+where its ``randint`` fails).
 
 Precision: centres, T, boxes and the crop sampling (``roi_align``) are fp32 under autocast.
 """
@@ -57,6 +62,19 @@ def _box_sizes(area: torch.Tensor, ratio: tuple[float, float], size: tuple[int, 
     return w, h
 
 
+def _cell_pixels(cells: torch.Tensor, cell: int, cols: int, size: tuple[int, int], n: int,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """``n`` integer pixels (x, y) [B,K,n,2] drawn uniformly in the part of each cell ``cells`` [B,K]
+    that lies in the view (the reference's ``randint(i·cell, min((i + 1)·cell, H))``): a border cell
+    that reaches past the view is sampled over its in-image pixels only, not clamped onto the border."""
+    h, w = size
+    origin = torch.stack([(cells % cols) * cell, (cells // cols) * cell], -1).float()  # [B,K,2] (x, y)
+    inside = torch.minimum(torch.full_like(origin, cell), torch.tensor([w, h], device=cells.device) - origin)
+    u = torch.rand(*cells.shape, n, 2, device=cells.device, generator=generator)
+    # min(): float32 u·extent may round up to the extent itself when u is within 2⁻²⁴ of 1
+    return origin[:, :, None] + torch.minimum((u * inside[:, :, None]).floor(), inside[:, :, None] - 1)
+
+
 @fp32
 def flow_subcrops(t: torch.Tensor, valid: torch.Tensor, num: int = 6, scale: tuple[float, float] = (0.05, 0.3),
                   ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.1, max_tries: int = 5,
@@ -67,24 +85,35 @@ def flow_subcrops(t: torch.Tensor, valid: torch.Tensor, num: int = 6, scale: tup
     what pixel q + t(q) of view b shows) and where it holds. Returns ``boxes_a``/``boxes_b`` [B,K,4]
     as (x1, y1, x2, y2) in continuous pixel coordinates (pixel i covers [i, i + 1)), ``centre_a``/
     ``centre_b`` [B,K,2] (x, y) pixel centres, and ``paired`` [B,K]: True where box b lies in view b
-    at the flow's partner, False where no try found one and box b is a second crop of view a.
+    at the flow's partner, False where no try found one and box b is a second, concentric crop of
+    view a (the reference's fallback: the same centre, its own size).
+
+    As the reference: the grid has cells of about a mean crop's side; a centre is uniform over the
+    in-image part of its cell (cells wholly outside the view, which the reference's ``H // cell + 1``
+    rows create when the cell divides the size, are left out); the online crop's size is drawn
+    first and its centre moved down/right until the crop starts inside the view (``max(i, h // 2)``),
+    and the flow is read at that moved centre. The online crop may still reach past the bottom/right
+    border (zero padding), as in the reference.
     """
     b, _, h, w = t.shape
     dev = t.device
     u = lambda *shape: torch.rand(*shape, device=dev, generator=generator)  # noqa: E731
     cell = max(1, round(math.sqrt(sum(scale) / 2) * min(h, w)))
-    rows, cols = h // cell + 1, w // cell + 1
+    rows, cols = -(-h // cell), -(-w // cell)  # cells holding at least one pixel of the view
     cells = torch.multinomial(torch.ones(b, rows * cols, device=dev), num, replacement=num > rows * cols,
                               generator=generator)  # [B,K] distinct cells, uniformly
-    origin = torch.stack([(cells % cols) * cell, (cells // cols) * cell], -1).float()  # (x, y)
     limit = torch.tensor([w - 1, h - 1], device=dev, dtype=torch.float32)
     extent = torch.tensor([w, h], device=dev, dtype=torch.float32)
 
-    def centres(n: int) -> torch.Tensor:  # [B,K,n,2] integer pixels inside their cell (and the view)
-        c = origin[:, :, None] + (u(b, num, n, 2) * cell).floor()
-        return torch.minimum(c, limit)
+    area = extent.prod()
+    s_a = scale[0] + (scale[1] - scale[0]) * u(b, num)
+    s_b = s_a + (scale[1] - s_a) * u(b, num)  # the target crop is at least as large (reference code)
+    w_a, h_a = _box_sizes(s_a * area, ratio, (h, w), generator)
+    w_b, h_b = _box_sizes(s_b * area, ratio, (h, w), generator)
 
-    tries = centres(max_tries)
+    # online crop inside the view at the top/left: centre + 0.5 − size/2 ≥ 0 (reference: max(i, h // 2))
+    low = (torch.stack([w_a, h_a], -1) / 2 - 0.5).ceil()
+    tries = torch.maximum(_cell_pixels(cells, cell, cols, (h, w), max_tries, generator), low[:, :, None])
     idx = (tries[..., 1] * w + tries[..., 0]).long().flatten(1)  # [B, K·n]
     flow_at = torch.gather(t.flatten(2), 2, idx[:, None].expand(-1, 2, -1)).view(b, 2, num, max_tries)
     partner = tries + flow_at.permute(0, 2, 3, 1) + (u(b, num, max_tries, 2) * 2 - 1) * jitter * extent
@@ -94,13 +123,8 @@ def flow_subcrops(t: torch.Tensor, valid: torch.Tensor, num: int = 6, scale: tup
     pick = lambda x: torch.gather(x, 2, first[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]  # noqa: E731
     paired = ok.any(-1)
     centre_a = pick(tries)
-    centre_b = torch.where(paired[..., None], pick(partner), centres(1)[:, :, 0])
+    centre_b = torch.where(paired[..., None], pick(partner), centre_a)  # fallback: concentric, view a
 
-    area = extent.prod()
-    s_a = scale[0] + (scale[1] - scale[0]) * u(b, num)
-    s_b = s_a + (scale[1] - s_a) * u(b, num)  # the target crop is at least as large (reference code)
-    w_a, h_a = _box_sizes(s_a * area, ratio, (h, w), generator)
-    w_b, h_b = _box_sizes(s_b * area, ratio, (h, w), generator)
     box = lambda c, bw, bh: torch.stack([c[..., 0] + 0.5 - bw / 2, c[..., 1] + 0.5 - bh / 2,  # noqa: E731
                                          c[..., 0] + 0.5 + bw / 2, c[..., 1] + 0.5 + bh / 2], -1)
     boxes_b = box(centre_b, w_b, h_b)

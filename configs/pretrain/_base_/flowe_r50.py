@@ -9,11 +9,17 @@ model = dict(
     base_momentum=0.996,          # BYOL's EMA schedule (τ_base → 1, cosine)
     loss_resolution="image",      # Algorithm 1; "feature" is the memory-lean equivalent
     symmetric=False,              # Algorithm 1 / eq. 5 is one-directional
-    # Frozen RAFT-large. C_T_V2: FlyingChairs + FlyingThings only, strictly synthetic as FlowE §3.3 says its
-    # flow network is; torchvision's default C_T_SKHT_V2 is more accurate but was fine-tuned with KITTI and
-    # HD1K, real driving data from the domain the readouts are evaluated on. 32 refinement iterations as
-    # RAFT's Sintel evaluation (the paper states none; 12 is cheaper and coarser). fp32 under the bf16 autocast
-    # (amp=False). Offline, set checkpoint= the local raft_large_C_T_V2-1bb1363a.pth.
+    # Frozen RAFT-large. FlowE §3.3: RAFT "trained on Flying Chair, Flying Things and Sintel", "only synthetic
+    # data". No public RAFT weights saw exactly those three: the RAFT authors' raft-sintel and torchvision's
+    # C_T_SKHT_V2 were fine-tuned on a Sintel + KITTI + HD1K (+ Things) mixture, i.e. also on real driving
+    # footage with ground-truth flow, the domain the readouts evaluate; C_T_V2 (Chairs + Things) is
+    # synthetic-only but never saw Sintel. The choice is this one key, model.flow.weights:
+    #   "C_T_V2" (default here) — keeps the paper's "only synthetic data", lacks its Sintel stage;
+    #   "C_T_SKHT_V2"           — has the Sintel stage, adds KITTI + HD1K (more accurate on real video).
+    # e.g. --cfg-options model.flow.weights=C_T_SKHT_V2 (flowssl flow precompute --source raft follows it too).
+    # 32 refinement iterations as RAFT's Sintel evaluation (the paper states none; 12 is cheaper and coarser).
+    # fp32 under the bf16 autocast (amp=False). Offline, set checkpoint= the local raft_large_<weights>-*.pth
+    # (raft_large_C_T_V2-1bb1363a.pth, raft_large_C_T_SKHT_V2-ff5fadd5.pth).
     flow=dict(type="raft", size="large", weights="C_T_V2", num_flow_updates=32, amp=False, checkpoint=None),
 )
 # §4.2: 64 GPUs × 2 pairs = 128, LARS lr 0.1, wd 1e-6, cosine decay without restarts.

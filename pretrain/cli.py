@@ -12,11 +12,11 @@ from pathlib import Path
 from mmengine.config import DictAction
 
 from .config import ConfigError
-from .fileio import CheckpointError
+from .fileio import CheckpointError, WriteError
 
 # What a user can fix gets one line on stderr and exit code 2, not a traceback (``--debug`` shows it).
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
-               ValueError)
+               ValueError, WriteError)
 
 
 def user_error_message(exc: BaseException) -> str | None:
@@ -166,6 +166,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    choices=("auto", "flowssl", "torchvision", "byol", "simclr", "moco", "detectron2"))
     p.add_argument("--allow-missing", action="store_true", help="write even if trunk keys are missing")
     p.add_argument("--drop-heads", action="store_true", help="leave out keys outside the ResNet trunk")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing output files (OUT, OUT.json, the .yaml beside a .pkl); never the input")
     p.set_defaults(func=cmd_convert)
 
 
@@ -174,7 +176,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .convert import convert
 
-    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads)
+    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads, args.force)
     print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
           f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
           f"{side['keys_out']} out, {side['dropped_keys']} dropped")

@@ -3,7 +3,8 @@
 Import through ``custom_imports=dict(imports=['mmseg_plugin'], allow_failed_imports=False)``: it
 registers ``FlowsslResNet`` (backbone), ``DeepLabV1Head`` (the standard readout),
 ``PerClassIoUMetric``, ``SyntheticCityscapesDataset``, and for limited labels (FlowE Table 6)
-``LabelFractionDataset`` with its ``LabelSubsetHook``, in mmseg's registries. Thin subclasses and
+``LabelFractionDataset`` with its ``LabelSubsetHook``, and ``LabelIdCheckHook`` (label ids that do
+not fit the classes name their file), in mmseg's registries. Thin subclasses and
 wrappers; no mmseg code is copied.
 """
 
@@ -12,7 +13,8 @@ from .backbone import FlowsslResNet
 from .datasets import SyntheticCityscapesDataset
 from .head import DeepLabV1Head
 from .label_fraction import LabelFractionDataset, LabelSubsetHook
+from .labels import LabelIdCheckHook
 from .metric import PerClassIoUMetric
 
-__all__ = ["DeepLabV1Head", "FlowsslResNet", "LabelFractionDataset", "LabelSubsetHook", "PerClassIoUMetric",
-           "SyntheticCityscapesDataset"]
+__all__ = ["DeepLabV1Head", "FlowsslResNet", "LabelFractionDataset", "LabelIdCheckHook", "LabelSubsetHook",
+           "PerClassIoUMetric", "SyntheticCityscapesDataset"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from mmseg.evaluation.metrics import IoUMetric
 from mmseg.registry import METRICS
+
+from .labels import check_label_ids
 
 
 @METRICS.register_module()
@@ -20,6 +23,15 @@ class PerClassIoUMetric(IoUMetric):
     would make the per-class numbers disagree with the mIoU next to them. ``nan_to_num`` applies as
     in mmseg. JSON writers must store NaN as ``null`` (:func:`json_safe`).
     """
+
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        """mmseg's, after checking the label ids: ``IoUMetric`` drops out-of-range ids silently."""
+        if not self.format_only:
+            num_classes = len(self.dataset_meta["classes"])
+            for sample in data_samples:
+                check_label_ids(sample["gt_sem_seg"]["data"], num_classes, self.ignore_index,
+                                sample.get("seg_map_path"))
+        super().process(data_batch, data_samples)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         metrics = super().compute_metrics(results)

@@ -39,6 +39,9 @@ def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint:
             raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a flowssl pretraining checkpoint "
                                     "or a file written by 'flowssl convert --to mmseg')")
         cfg.model.backbone.checkpoint = str(checkpoint)
+    if not any(isinstance(h, dict) and h.get("type") == "LabelIdCheckHook" for h in cfg.get("custom_hooks") or []):
+        # a label id beyond the classes names its file, instead of torch's IndexError in the loss
+        cfg.custom_hooks = [*(cfg.get("custom_hooks") or []), dict(type="LabelIdCheckHook")]
     if modify is not None:
         modify(cfg)
     if label_fraction < 1.0:

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -31,6 +32,16 @@ PRESETS = {"tiny": REPO_ROOT / "configs" / "bench" / "tiny.py"}
 
 
 READOUT_KEYS = ("name", "framework", "config", "dataset")
+# method, readout and dataset names become folders under the work dir: plain names only, never a path
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _check_name(value: Any, where: str, path: Path) -> None:
+    """Refuse a name that would be a path (``../x``, ``a/b``, ``..``) or empty: the bench writes
+    ``results/<method>/<dataset>/<readout>``, and a name with ``..`` lands outside the work dir."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or ".." in value or value == ".":
+        raise ConfigError(f"plan {path}: {where} {value!r} is not a plain name; use letters, digits, '_', '.' and "
+                          "'-' only (no '/', no '..'): it names a folder under the work dir")
 
 
 @contextlib.contextmanager
@@ -83,6 +94,9 @@ def check_plan(plan: Config, path: Path) -> None:
         raise ConfigError(f"plan {path}: 'seeds' must be a list of integers, got {plan.seeds!r}")
     if not isinstance(plan.readouts, (list, tuple)):
         raise ConfigError(f"plan {path}: 'readouts' must be a list of dicts")
+    for key in ("methods", "checkpoints"):
+        for method in plan.get(key, {}):
+            _check_name(method, f"{key} key", path)
     for i, spec in enumerate(plan.readouts):
         fraction = spec.get("label_fraction", 1.0) if isinstance(spec, dict) else 1.0
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
@@ -90,11 +104,26 @@ def check_plan(plan: Config, path: Path) -> None:
         missing = [k for k in READOUT_KEYS if not isinstance(spec, dict) or k not in spec]
         if missing:
             raise ConfigError(f"plan {path}: readouts[{i}] lacks {missing}; each readout needs {list(READOUT_KEYS)}")
+        for key in ("name", "dataset"):
+            _check_name(spec[key], f"readouts[{i}].{key}", path)
         if spec["framework"] not in ("mmseg", "d2"):
             raise ConfigError(f"plan {path}: readouts[{i}].framework must be 'mmseg' or 'd2', "
                               f"got {spec['framework']!r}")
     if not isinstance(plan.get("pretrain_options", {}), dict):
         raise ConfigError(f"plan {path}: 'pretrain_options' must be a dict of --cfg-options")
+
+
+def trained_checkpoint(runner: Any, work: Path, started: float) -> Path:
+    """The checkpoint ``runner`` saved last, i.e. the readout this run trained. Never "the highest
+    ``iter_*.pth`` in the folder": a killed earlier attempt with a longer schedule leaves a
+    higher-numbered file there, and scoring it would report another run's readout."""
+    saved = runner.message_hub.get_info("last_ckpt")  # set by mmengine's CheckpointHook at each save
+    # written by this run: mmengine shares a message hub between runners of one config started within
+    # the same second, so a path alone could be another run's (1 s of slack for coarse file times)
+    if not saved or not Path(saved).is_file() or Path(saved).stat().st_mtime < started - 1:
+        raise RuntimeError(f"the readout trained in {work} saved no checkpoint (is default_hooks.checkpoint "
+                           "disabled, or save_last=False with an interval that does not divide max_iters?)")
+    return Path(saved)
 
 
 class Bench:
@@ -185,8 +214,8 @@ class Bench:
             return "skipped (detectron2 not installed)"
         target = "mmseg" if framework == "mmseg" else "detectron2"
         conv = self.work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
-        if not conv.is_file():
-            convert(ckpt, target, conv)
+        if not conv.is_file():  # converted/ is the bench's own: a killed conversion's sidecar may be replaced
+            convert(ckpt, target, conv, force=True)
         config = self._path(spec["config"])
         work = out.parent
         log = self.work / "logs" / f"{key.replace('/', '_')}.log"
@@ -221,9 +250,9 @@ class Bench:
         with tqdm(total=cfg.train_cfg.get("max_iters"), desc=f"readout {spec['name']}", file=terminal,
                   dynamic_ncols=True, leave=False) as bar:
             runner.register_hook(_progress_hook(bar))
+            started = time.time()
             runner.train()
-        last = sorted(work.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))[-1]
-        run_test(load_cfg(config, work, str(conv), options), str(last), out)
+        run_test(load_cfg(config, work, str(conv), options), str(trained_checkpoint(runner, work, started)), out)
 
     def _d2_readout(self, config: Path, work: Path, conv: Path, spec: dict[str, Any], seed: int,
                     synthetic: Path | None, log: Path, terminal: IO[str]) -> None:

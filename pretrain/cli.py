@@ -12,11 +12,11 @@ from pathlib import Path
 from mmengine.config import DictAction
 
 from .config import ConfigError
-from .fileio import CheckpointError
+from .fileio import CheckpointError, WriteError
 
 # What a user can fix gets one line on stderr and exit code 2, not a traceback (``--debug`` shows it).
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
-               ValueError)
+               ValueError, WriteError)
 
 
 def user_error_message(exc: BaseException) -> str | None:
@@ -172,6 +172,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-decoder", action="store_true",
                    help="--to mmseg: also export PooDLe's spatial decoder, to read out through it (the authors' "
                         "linear protocol; the readout config sets model.backbone.decoder)")
+    p.add_argument("--force", action="store_true",
+                   help="replace existing output files (OUT, OUT.json, the .yaml beside a .pkl); never the input")
     p.set_defaults(func=cmd_convert)
 
 
@@ -181,7 +183,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
     side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads,
-                   args.with_decoder)
+                   with_decoder=args.with_decoder, force=args.force)
     print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
           f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
           f"{side['keys_out']} out, {side['dropped_keys']} dropped")

@@ -384,9 +384,34 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name one file (through links, ``..`` or a relative path)."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _check_outputs(src: Path, outputs: list[Path], force: bool) -> None:
+    """Refuse to write over the input (ever) or over an existing file (unless ``force``): a training
+    checkpoint replaced by a bare state dict, or a hand-edited ``.yaml`` replaced by the fragment,
+    cannot be recovered."""
+    for p in outputs:
+        if _same_file(p, src):
+            raise FileExistsError(f"output {p} is the input checkpoint {src}: converting would replace it "
+                                  "(even with --force); choose another -o")
+    if not force:
+        for p in outputs:
+            if p.exists():
+                raise FileExistsError(f"{p} exists; pass --force to replace it, or choose another -o "
+                                      f"(convert writes {', '.join(q.name for q in outputs)})")
+
+
 def convert(src: str | Path, target: str, out: str | Path, source: str = "auto", allow_missing: bool = False,
-            drop_heads: bool = False, with_decoder: bool = False) -> dict[str, Any]:
-    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json``; returns the sidecar.
+            drop_heads: bool = False, with_decoder: bool = False, force: bool = False) -> dict[str, Any]:
+    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json`` (and, for detectron2's
+    ResNet-50/101, the ``.yaml`` fragment beside it); returns the sidecar. An existing output file is
+    replaced only with ``force``; the input never is.
 
     ``with_decoder`` (mmseg only): also export PooDLe's spatial decoder, for its authors' protocol of
     reading out through it (``FlowsslResNet(decoder=...)``); the default exports the encoder alone."""
@@ -398,8 +423,14 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     out = Path(out)
     if target == "detectron2" and out.suffix == ".yaml":
         raise CheckpointError(f"output {out}: a detectron2 checkpoint is a .pkl (its config fragment gets the .yaml)")
+    sidecar_path = Path(f"{out}.json")
+    _check_outputs(Path(src), [out, sidecar_path], force)  # before reading: fail fast
     enc = read_encoder(src, source, drop_heads)
     missing = check_complete(enc, allow_missing)
+    yaml_path = out.with_suffix(".yaml")
+    fragment = d2_stock_fragment(enc, out) if target == "detectron2" else None
+    if fragment is not None:  # a hand-written X.yaml beside X.pkl is an output too
+        _check_outputs(Path(src), [out, sidecar_path, yaml_path], force)
     with atomic_path(out) as tmp:
         if target == "detectron2":
             payload = {"model": to_detectron2(enc.state), "__author__": "flowssl", "matching_heuristics": True,
@@ -429,11 +460,10 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     }
     if target == "detectron2":
         sidecar["detectron2_config"] = d2_config_hints(enc)
-        fragment = d2_stock_fragment(enc, out)
         sidecar["detectron2_yaml"] = None
         if fragment is not None:  # for detectron2's own tools/train_net.py and model-zoo configs
-            sidecar["detectron2_yaml"] = str(write_text_atomic(fragment, out.with_suffix(".yaml")))
-    write_text_atomic(json.dumps(sidecar, indent=2), Path(f"{out}.json"))
+            sidecar["detectron2_yaml"] = str(write_text_atomic(fragment, yaml_path))
+    write_text_atomic(json.dumps(sidecar, indent=2), sidecar_path)
     return sidecar
 
 

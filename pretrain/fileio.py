@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import re
@@ -52,16 +53,52 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+class WriteError(OSError):
+    """An output could not be written (a full disk, a quota): one line naming the file. What was
+    there before is intact — :func:`atomic_path` replaces a file only after a complete write."""
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_failed(exc: BaseException, path: Path) -> WriteError | None:
+    """The one-line error for a failed write of ``path``, or None for an error that is not about
+    writing (a bug, an unpicklable object: those keep their traceback). torch's C++ writer reports
+    a full disk as ``RuntimeError: [enforce fail at inline_container.cc] ...`` (``file write failed``,
+    ``unexpected pos``)."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        reason = os.strerror(exc.errno)
+    elif isinstance(exc, RuntimeError) and re.search(r"enforce fail|write failed|PytorchStreamWriter", str(exc)):
+        reason = _first_line(exc)
+    else:
+        return None
+    return WriteError(f"cannot write {path} ({reason}): the disk may be full (or over quota); free space and "
+                      "rerun — files written earlier are intact")
+
+
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` through :func:`atomic_path`."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through :func:`atomic_path`; a full disk is a :class:`WriteError` naming ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except (OSError, RuntimeError) as exc:
+        error = _write_failed(exc, Path(path))
+        if error is None:
+            raise
+        raise error from exc
     return Path(path)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """``Path.write_text`` through :func:`atomic_path`; a full disk is a :class:`WriteError` naming ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as exc:
+        error = _write_failed(exc, Path(path))
+        if error is None:
+            raise
+        raise error from exc
     return Path(path)
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 COLUMNS = ("mIoU", "mAP", "mIoU†", "mAP†")
 READOUT_COLUMN = {"deeplabv1": "mIoU", "deeplabv3": "mIoU†", "c4": "mAP", "fpn": "mAP†"}
@@ -59,14 +62,39 @@ PUBLISHED_POODLE: dict[str, tuple[float, ...]] = {
 }
 
 
-def result_value(data: dict) -> float | None:
+class NotMeasured:
+    """A readout whose metric is ``null`` (or NaN): no number was measured. ``tools/mmseg_test.py``
+    writes ``"mIoU": null`` when every val label is ignored, and detectron2 reports AP NaN when the
+    model predicts nothing. The table shows such a cell as ``n/a`` and names the file in a note."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+
+def _metric(value: Any, path: Path, key: str) -> float | NotMeasured:
+    """``value`` as a float, ``NotMeasured`` for null/NaN, or a one-line ValueError naming the file
+    for anything else: a string ("42.5"), a bool (``true`` is 1 to Python), a list, ±inf."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NotMeasured(path, key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{path}: metrics.{key} is {json.dumps(value)[:60]}, not a finite number; "
+                         "rerun that readout or delete the file")
+    return float(value)
+
+
+def result_value(data: dict, path: Path = Path("results.json")) -> float | NotMeasured | None:
     """The number a results.json contributes: mIoU for segmentation, mask AP if present else box AP."""
     metrics = data.get("metrics", {})
     if "mIoU" in metrics:
-        return float(metrics["mIoU"])
+        return _metric(metrics["mIoU"], path, "mIoU")
     for task in ("segm", "bbox"):
-        if task in metrics and "AP" in metrics[task]:
-            return float(metrics[task]["AP"])
+        if task not in metrics:
+            continue
+        if not isinstance(metrics[task], dict):
+            raise ValueError(f"{path}: metrics.{task} is {json.dumps(metrics[task])[:60]}, expected an object "
+                             "with 'AP'; rerun that readout or delete the file")
+        if "AP" in metrics[task]:
+            return _metric(metrics[task]["AP"], path, f"{task}.AP")
     return None
 
 
@@ -81,13 +109,16 @@ def readout_column(readout: str) -> str | None:
     return READOUT_COLUMN.get(readout)
 
 
-def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]]:
+Values = list[float | NotMeasured]
+
+
+def collect(results: str | Path) -> dict[tuple[str, str], dict[str, Values]]:
     """{(dataset, method): {column: [values over seeds]}} from the results tree (the Table 6 label
     fractions are columns too)."""
     root = Path(results)
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
-    table: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    table: dict[tuple[str, str], dict[str, Values]] = defaultdict(lambda: defaultdict(list))
     files = sorted(root.rglob("results.json"))
     if not files:
         raise FileNotFoundError(f"no results.json under {root}: expected <method>/<dataset>/<readout>[/seed<k>]/"
@@ -107,7 +138,7 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, list[float]]
         if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
             raise ValueError(f"{path} is not a readout result (expected an object with 'metrics'); "
                              "rerun that readout or delete the file")
-        value = result_value(data)
+        value = result_value(data, path)
         if value is not None:
             table[(dataset, row_label(method, data))][column].append(value)
     return table
@@ -123,12 +154,43 @@ def row_label(method: str, data: dict) -> str:
     return f"{method} (encoder)" if "poodle" in method else method
 
 
-def _cell(values: list[float]) -> str:
+def _measured(values: Values) -> list[float]:
+    return [v for v in values if not isinstance(v, NotMeasured)]
+
+
+def _cell(values: Values) -> str:
+    """mean (± std over seeds) of the measured values; ``n/a`` where none was measured, and
+    ``(+k n/a)`` where k seeds were not — the mean is then over fewer seeds, which the cell says."""
+    measured = _measured(values)
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+    if not measured:
+        return "n/a"
+    text = f"{measured[0]:.1f}" if len(measured) == 1 else \
+        f"{statistics.mean(measured):.1f} ± {statistics.stdev(measured):.1f}"
+    skipped = len(values) - len(measured)
+    return f"{text} (+{skipped} n/a)" if skipped else text
+
+
+def _not_measured_notes(values: Values) -> list[str]:
+    return [f"{v.path}: metrics.{v.key} is null/NaN (not measured: e.g. every val label ignored, or no "
+            "predictions); shown as n/a" for v in values if isinstance(v, NotMeasured)]
+
+
+def escape_md(text: str) -> str:
+    """A markdown table cell: ``|`` would start a new cell, a newline a new row."""
+    return re.sub(r"[\r\n]+", " ", text).replace("|", "\\|")
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+                  "^": r"\textasciicircum{}", "_": r"\_", "%": r"\%", "~": r"\textasciitilde{}"}
+
+
+def escape_latex(text: str) -> str:
+    """A LaTeX table cell: method names are folder names, and ``\\input``, ``&`` or ``%`` in one would
+    run a command, add a column or comment out the rest of the row."""
+    text = re.sub(r"[\r\n]+", " ", text)
+    return re.sub(r"[\\{}$&#^_%~]", lambda m: _LATEX_SPECIAL[m[0]], text).replace("±", "$\\pm$")
 
 
 def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[str]]:
@@ -153,9 +215,12 @@ def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[st
                 diff = [dataset, f"{method} (ours − paper)"]
                 for c, pub in zip(COLUMNS, ref, strict=True):
                     paper.append(f"{pub:.1f}")
-                    vals = cols.get(c, [])
+                    vals = _measured(cols.get(c, []))
                     diff.append(f"{statistics.mean(vals) - pub:+.1f}" if vals else "–")
                 rows += [paper, diff]
+    for _, cols in sorted(table.items()):  # every n/a cell names its file (Table 6 columns included)
+        for c in sorted(cols):
+            notes += _not_measured_notes(cols[c])
     return header, rows, notes
 
 
@@ -170,21 +235,22 @@ def render(results: str | Path, fmt: str = "md") -> str:
     if fmt == "latex":
         lines = ["\\begin{tabular}{ll" + "r" * len(COLUMNS) + "}", "\\toprule",
                  " & ".join(h.replace("†", "$^\\dagger$") for h in header) + " \\\\", "\\midrule"]
-        lines += [" & ".join(c.replace("±", "$\\pm$").replace("_", "\\_") for c in r) + " \\\\" for r in rows]
+        lines += [" & ".join(escape_latex(c) for c in r) + " \\\\" for r in rows]
         lines += ["\\bottomrule", "\\end{tabular}"]
         return "\n".join(lines) + "\n"
     if fmt != "md":
         raise ValueError(f"unknown format '{fmt}'; choose md, latex or csv")
     table = collect(results)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(escape_md(c) for c in r) + " |" for r in rows]
     lines += ["", "Limited labels, FlowE Table 6 (mIoU, fine-tuned standard header, by fraction of training "
               "labels; the paper's rows are UrbanCity):",
               "| dataset | method | " + " | ".join(LIMITED_FRACTIONS) + " |",
               "|---|---|" + "---|" * len(LIMITED_FRACTIONS)]
     for (d, m), cols in sorted(table.items()):
         if any(cols.get(f) for f in LIMITED_FRACTIONS):
-            lines.append(f"| {d} | {m} | " + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
+            lines.append(f"| {escape_md(d)} | {escape_md(m)} | "
+                         + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
     for m, v in PUBLISHED_LIMITED_LABELS.items():
         lines.append(f"| urbancity | {m} (paper) | " + " | ".join(f"{v[f]:.1f}" for f in LIMITED_FRACTIONS) + " |")
     if any(m == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):

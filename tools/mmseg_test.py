@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from mmseg_plugin.labels import LabelIdError  # noqa: E402
 from mmseg_plugin.runner import load_cfg, run_test  # noqa: E402
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_cfg(args.config, args.work_dir, None, args.cfg_options, args.launcher)
         result = run_test(cfg, args.model_checkpoint, args.out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, LabelIdError) as exc:
         print(f"mmseg_test: error: {exc}", file=sys.stderr)
         return 2
     print({k: v if v is None else round(v, 2) for k, v in result["metrics"].items()})  # None: class absent

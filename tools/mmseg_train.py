@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from mmseg_plugin.labels import LabelIdError  # noqa: E402
 from mmseg_plugin.runner import load_cfg, run_train  # noqa: E402
 
 
@@ -41,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"mmseg_train: error: {exc}", file=sys.stderr)
         return 2
-    run_train(cfg, resume=args.resume)
+    try:
+        run_train(cfg, resume=args.resume)
+    except LabelIdError as exc:  # one line naming the label file, not a traceback
+        print(f"mmseg_train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,18 @@ _CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 RESUME_MODES = ("latest", "auto")
 BATCH_RULES = ("accumulate", "linear_lr", "sqrt_lr")
+# Config keys a resume may change: where things are, how fast and how verbosely it runs, how long it
+# runs. Everything else (model, objective, optimiser, batch, augmentation, seed) must match the
+# checkpoint, or the resumed run silently trains another experiment under the old one's name.
+RESUME_FREE_KEYS = frozenset({"max_iters", "checkpoint_interval", "keep_checkpoints", "num_workers", "device",
+                              "amp", "deterministic", "quiet", "log_interval", "max_nonfinite_steps", "work_dir",
+                              "filename_resolved"})  # (the config path as given, set by load_config)
+# ... and at any depth: paths (data.root, a flow cache root, RAFT weights) and pure memory/tolerance knobs.
+RESUME_FREE_LEAVES = frozenset({"root", "checkpoint", "loss_chunk_rows", "max_bad_fraction"})
+_PATH_SUFFIXES = ("_root", "_dir", "_path", "_file")
+# The probe batch forwarded through the encoder before every checkpoint (fixed seed, own generator).
+PROBE_SHAPE = (2, 3, 64, 64)
+PROBE_SEED = 20
 
 
 class DivergenceError(RuntimeError):
@@ -53,6 +66,40 @@ class TrainingInterrupted(RuntimeError):
 def checkpoints_in(work_dir: Path) -> list[tuple[int, Path]]:
     found = [(int(m.group(1)), p) for p in work_dir.glob("iter_*.pth") if (m := _CKPT_RE.match(p.name))]
     return sorted(found)
+
+
+def flat_settings(cfg: Config) -> dict[str, Any]:
+    """The config as ``{dotted.key: JSON value}`` (tuples become lists): stored in every checkpoint as
+    plain JSON text, so a resume can compare settings without executing the stored config."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(json.loads(json.dumps(cfg.to_dict(), default=repr)), "")
+    return flat
+
+
+def _free_on_resume(key: str) -> bool:
+    parts = key.split(".")
+    return (parts[0] in RESUME_FREE_KEYS
+            or any(p in RESUME_FREE_LEAVES or p.endswith(_PATH_SUFFIXES) for p in parts))
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key (checkpoint A, config B)`` for every setting a resume must not change."""
+    unset = object()
+
+    def show(v: Any) -> str:
+        return "unset" if v is unset else repr(v)
+
+    return [f"{k} (checkpoint {show(saved.get(k, unset))}, config {show(current.get(k, unset))})"
+            for k in sorted(set(saved) | set(current))
+            if not _free_on_resume(k) and saved.get(k, unset) != current.get(k, unset)]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -127,6 +174,22 @@ def batch_plan(global_batch: int | None, batch_size: int, world: int, accum_step
     return global_batch // per_step, 1.0
 
 
+def refuse_used_work_dir(work_dir: Path) -> None:
+    """A fresh run must not share a work dir with another run: the keep-N rotation would delete the
+    new run's checkpoints in favour of the old run's higher iterations, ``metrics.jsonl`` would mix
+    both, and a later ``--resume`` would continue the old run."""
+    found = [p.name for _, p in checkpoints_in(work_dir)]
+    metrics = work_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append(metrics.name)
+    if not found:
+        return
+    shown = ", ".join(found if len(found) <= 4 else [*found[:2], "…", found[-1]])
+    how = ("continue it with --resume" if found[0] != metrics.name else
+           "start it over with --resume auto (it left no checkpoint)")
+    raise FileExistsError(f"work dir {work_dir} already holds a run ({shown}); {how}, or use another --work-dir")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -165,6 +228,8 @@ class Trainer:
             stale = remove_stale_temps(self.work_dir)
             if stale:
                 log.warning("removed %d temp file(s) left by interrupted writes in %s", len(stale), self.work_dir)
+            if not resume:
+                refuse_used_work_dir(self.work_dir)
         fdist.barrier()
         self.max_iters: int = cfg.max_iters
         self.interval: int = cfg.checkpoint_interval
@@ -232,11 +297,37 @@ class Trainer:
         if bad:
             raise DivergenceError(
                 f"the weights hold NaN/Inf at iteration {self.iteration} ({len(bad)} tensor(s), e.g. {bad[0]}); "
-                "no checkpoint was written. Resume from the last checkpoint with a lower optimizer.lr")
+                "no checkpoint was written. Train again with a lower optimizer.lr in another --work-dir")
+
+    @torch.no_grad()
+    def check_probe_features(self) -> None:
+        """Finite weights are not enough: at lr 1e38 they stay finite (|w| ~1e36) while every feature
+        of the encoder is NaN. Forward a fixed probe batch through the encoder as a readout would
+        (eval mode, fp32) and refuse the checkpoint if anything comes out NaN/Inf. The probe uses its
+        own generator and eval-mode BN, so the RNG streams and BN statistics (and an exact resume)
+        are untouched."""
+        encoder = self.objective.encoder
+        probe = torch.randn(PROBE_SHAPE, generator=torch.Generator().manual_seed(PROBE_SEED)).to(self.device)
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                feats = encoder(probe)
+        finally:
+            encoder.train(was_training)
+        bad = (~torch.isfinite(feats)).float().mean().item()
+        if bad:
+            biggest = max((v.abs().max().item() for v in encoder.state_dict().values()
+                           if v.is_floating_point() and v.numel()), default=0.0)
+            raise DivergenceError(
+                f"the model diverged at iteration {self.iteration}: {bad:.0%} of the encoder's features on a fixed "
+                f"probe batch are NaN/Inf (largest weight {biggest:.3g}); no checkpoint was written. Train again "
+                "with a lower optimizer.lr in another --work-dir")
 
     def save_checkpoint(self) -> Path:
         path = self.work_dir / f"iter_{self.iteration:07d}.pth"
         self.check_finite_weights()
+        self.check_probe_features()
         if self.is_main:
             state = {
                 "encoder": self.objective.encoder.state_dict(),
@@ -246,12 +337,18 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "rng": _rng_state(),
                 "iteration": self.iteration,
+                # a requeued job must not restart its count of bad steps, or a NaN flow runs forever
+                "nonfinite": {"in_row": self.nonfinite_in_row, "total": self.nonfinite_total},
+                # the resolved config as JSON text: a resume compares it without executing anything
+                "settings": json.dumps(flat_settings(self.cfg), sort_keys=True),
                 "meta": self.meta(),
             }
             save_atomic(state, path)
             keep = self.cfg.get("keep_checkpoints", 3)
-            for _, old in checkpoints_in(self.work_dir)[:-keep]:
-                old.unlink(missing_ok=True)
+            if keep > 0:  # never the one just written (a stale higher iteration sorts after it)
+                older = [old for it, old in checkpoints_in(self.work_dir) if it < self.iteration]
+                for old in older[: max(0, len(older) - (keep - 1))]:
+                    old.unlink(missing_ok=True)
         fdist.barrier()
         return path
 
@@ -275,6 +372,7 @@ class Trainer:
                                   "start fresh, or use '--resume auto' (resume if there is one, else start)")
         if self.is_main:
             log.info("--resume auto: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
+            self._truncate_metrics()  # rows of a run that died before its first checkpoint
         return None
 
     def _resume(self, mode: str) -> None:
@@ -290,6 +388,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} was trained with method "
                                   f"'{ckpt['meta'].get('method')}', the config asks for "
                                   f"'{self.objective.meta['method']}'; use another --work-dir")
+        self._check_settings(path, ckpt)
         try:
             self.objective.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -300,10 +399,38 @@ class Trainer:
         self.scaler.load_state_dict(ckpt.get("scaler", {}))
         if "rng" in ckpt:
             _set_rng_state(ckpt["rng"])
+        counts = ckpt.get("nonfinite", {})  # absent in checkpoints written before the counts were kept
+        if not (isinstance(counts, dict) and all(isinstance(counts.get(k, 0), int) for k in ("in_row", "total"))):
+            raise CheckpointError(f"checkpoint {path}: 'nonfinite' is not a dict of counts; it was not written "
+                                  "by flowssl, use another --work-dir")
+        self.nonfinite_in_row, self.nonfinite_total = counts.get("in_row", 0), counts.get("total", 0)
         self.iteration = int(ckpt["iteration"])
         if self.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
             self._truncate_metrics()
+
+    def _check_settings(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Refuse to continue a run under settings other than its own (a config edited since, or a
+        fresh run's options given to ``--resume``): only paths, workers, device, logging and the
+        schedule length may change."""
+        text = ckpt.get("settings")
+        if text is None:  # written before checkpoints stored their settings
+            if self.is_main:
+                log.warning("checkpoint %s does not store its settings; cannot check that the config matches it", path)
+            return
+        try:
+            saved = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its stored settings are not JSON ({exc}); "
+                                  "it was not written by flowssl, use another --work-dir") from exc
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {path}: its stored settings are not a dict; use another --work-dir")
+        diff = changed_settings(saved, flat_settings(self.cfg))
+        if diff:
+            raise CheckpointError(
+                f"--resume: checkpoint {path} was trained with other settings: {'; '.join(diff)}. Resume with "
+                "the run's own settings (only paths, workers, device, logging, max_iters and checkpoint_interval "
+                "may change), or start the new settings in another --work-dir")
 
     def _truncate_metrics(self) -> None:
         """Drop metrics rows past the resumed iteration (they are about to be recomputed)."""
@@ -367,25 +494,34 @@ class Trainer:
         grads = [p.grad for p in self.objective.parameters() if p.grad is not None]
         grad_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))) if grads else 0.0
         logs["grad_norm"] = grad_norm
-        if np.isfinite(logs["loss"]) and np.isfinite(grad_norm):
+        # loss, every logged output and the gradient must be finite; a dense objective reports the
+        # fraction of pixels with a correspondence, and 0 means a loss of 0 with nothing behind it
+        bad = [k for k, v in logs.items() if not np.isfinite(v)]
+        empty = logs.get("valid_fraction", 1.0) == 0
+        if not bad and not empty:
             self.nonfinite_in_row = 0
             self.optimizer.step()
             self.scheduler.step()
             self.iteration += 1
             logs.update(self.objective.after_step(self.iteration, self.max_iters))
-        else:  # skip the update, keep the schedule (and the samples) on the iteration count
+        else:  # skip the update (no weight decay, no EMA), keep the schedule and samples on the count
             self.nonfinite_in_row += 1
             self.nonfinite_total += 1
             torch._foreach_copy_(buffers, saved)
             self.optimizer.zero_grad(set_to_none=True)
-            log.warning("iteration %d: non-finite loss %s / gradient norm %s, update skipped (%d in a row, %d in all)",
-                        self.iteration + 1, logs["loss"], grad_norm, self.nonfinite_in_row, self.nonfinite_total)
+            reason = (f"non-finite {', '.join(f'{k} {logs[k]}' for k in bad)}" if bad
+                      else "no valid pixel (every flow correspondence occluded or outside the views)")
+            log.warning("iteration %d: %s, update skipped (%d in a row, %d in all)",
+                        self.iteration + 1, reason, self.nonfinite_in_row, self.nonfinite_total)
             if self.nonfinite_in_row >= self.max_nonfinite:
                 raise DivergenceError(
-                    f"{self.nonfinite_in_row} iterations in a row (up to {self.iteration + 1}) had a non-finite loss "
-                    f"or gradient (max_nonfinite_steps={self.max_nonfinite}); stopped without saving. Lower "
-                    "optimizer.lr, check the input data (a NaN flow or image) and resume from the last checkpoint")
-            self.scheduler.step()
+                    f"{self.nonfinite_in_row} iterations in a row (up to {self.iteration + 1}) were skipped, the last "
+                    f"for {reason} (max_nonfinite_steps={self.max_nonfinite}); stopped without saving. Check the "
+                    "input data (a NaN flow or image, a flow occluded everywhere) and resume from the last checkpoint, "
+                    "or train again with a lower optimizer.lr in another --work-dir")
+            with warnings.catch_warnings():  # skipping the optimiser step here is deliberate
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
             self.iteration += 1
         logs["skipped_steps"] = self.nonfinite_total
         logs["lr"] = self.optimizer.param_groups[0]["lr"]

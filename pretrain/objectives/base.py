@@ -16,7 +16,9 @@ from ..optim import ema_momentum
 class Objective(nn.Module):
     """Base: owns ``self.encoder`` (the torchvision-named network a checkpoint exports).
 
-    ``forward(batch)`` returns a dict with a scalar ``loss`` (plus any scalars to log);
+    ``forward(batch)`` returns a dict with a scalar ``loss`` (plus any scalars to log); an objective
+    that learns from flow correspondences also returns ``valid_fraction``, the fraction of pixels its
+    loss could use: at 0 the loss is 0 with nothing behind it, and the trainer skips the step.
     ``after_step(step, max_steps)`` runs after each optimiser step (EMA updates live there).
     """
 

@@ -57,11 +57,16 @@ class _SparseFlowObjective(Objective):
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Head outputs [B,C,N] at sampled pixels and their normalised flow [B,N,2]."""
+        return self.embed_with_valid(batch)[:2]
+
+    def embed_with_valid(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`embed` and the fraction of view pixels with a valid flow: at 0 the points are drawn
+        among invalid ones (nothing to learn from), and the trainer skips the step."""
         flow, valid = flow_in_view(batch)
         points = sample_points(valid, self.num_points)
         feats = self.encoder.forward_stages(batch["view1"])
         out = self.head(feats, points, tuple(batch["view1"].shape[-2:]))
-        return out, normalize_flow_log(gather_points(flow, points), self.max_flow)
+        return out, normalize_flow_log(gather_points(flow, points), self.max_flow), valid.float().mean()
 
 
 @OBJECTIVES.register_module(name="flow_similarity")
@@ -76,10 +81,10 @@ class CrossPixelFlowSimilarity(_SparseFlowObjective):
         self.log_sigma2 = nn.Parameter(torch.tensor(math.log(sigma2)))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        emb, flow = self.embed(batch)
+        emb, flow, frac = self.embed_with_valid(batch)
         sigma2 = self.log_sigma2.exp()
         loss = cross_pixel_similarity_loss(emb.transpose(1, 2), flow, sigma2)  # fp32 inside
-        return {"loss": loss, "sigma2": sigma2.detach()}
+        return {"loss": loss, "sigma2": sigma2.detach(), "valid_fraction": frac}
 
 
 @OBJECTIVES.register_module(name="flow_classification")
@@ -95,5 +100,5 @@ class FlowClassification(_SparseFlowObjective):
         self.bins = bins
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits, flow = self.embed(batch)
-        return {"loss": flow_bin_classification_loss(logits, flow, self.bins)}
+        logits, flow, frac = self.embed_with_valid(batch)
+        return {"loss": flow_bin_classification_loss(logits, flow, self.bins), "valid_fraction": frac}

@@ -49,7 +49,7 @@ class S3Affine(_S3):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         masks, flow, valid = self.regions(batch)
-        return {"loss": affine_motion_loss(masks, flow, valid)}
+        return {"loss": affine_motion_loss(masks, flow, valid), "valid_fraction": valid.float().mean()}
 
 
 @OBJECTIVES.register_module(name="s3_entropy")
@@ -68,4 +68,4 @@ class S3Entropy(_S3):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         masks, flow, valid = self.regions(batch)
         return {"loss": histogram_entropy_loss(masks, flow, valid, self.bins, self.max_magnitude,
-                                               self.range_quantile)}
+                                               self.range_quantile), "valid_fraction": valid.float().mean()}

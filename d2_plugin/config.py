@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-ARCH_DEPTH = {"resnet14": 14, "resnet50": 50, "resnet101": 101}
+from pretrain.readout import ARCH_DEPTH
 
 
 def add_flowssl_config(cfg: Any) -> None:

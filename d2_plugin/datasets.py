@@ -4,7 +4,6 @@ puts them — and detectron2's own PASCAL VOC splits under the same root — in 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -16,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pretrain.readout import SUBSET_RULE, SYNTHETIC_CLASSES, select_subset, subset_list_text
+
 # FlowE §4.1: BDD100K detection with the 8 Cityscapes instance classes. BDD100K's "pedestrian"
 # (det_20) / "person" (scalabel) map to person; "other person", "other vehicle", "trailer",
 # "traffic light" and "traffic sign" are not among the 8 and are dropped.
@@ -23,7 +24,7 @@ BDD100K_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycl
 BDD100K_MAP = {"pedestrian": "person", "person": "person", "rider": "rider", "car": "car", "truck": "truck",
                "bus": "bus", "train": "train", "motorcycle": "motorcycle", "motor": "motorcycle",
                "bicycle": "bicycle", "bike": "bicycle"}
-SYNTHETIC_THING_CLASSES = ("disk", "square", "triangle", "ring", "cross")
+SYNTHETIC_THING_CLASSES = SYNTHETIC_CLASSES[1:]  # the shapes; id 0 is the background
 SYNTHETIC_THING_IDS = {c + 1: c for c in range(len(SYNTHETIC_THING_CLASSES))}  # class id (1..5) → contiguous id
 log = logging.getLogger(__name__)
 
@@ -204,33 +205,20 @@ def load_synthetic_instances(root: str | Path, split: str) -> list[dict[str, Any
 
 
 def label_subset(dicts: Sequence[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
-    """The limited-labels training set (FlowE Table 6): ``max(1, round(fraction·N))`` images.
-
-    Images are ranked by ``sha256("<seed>:<basename of file_name>")`` and the first ones kept, so the
-    subset depends only on the seed, the fraction and which images exist — not on their order, the
-    dataset root or the order datasets were registered — and a smaller fraction is contained in a
-    larger one for the same seed. The kept dicts stay in their original order."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"DATASETS.LABEL_FRACTION must be in (0, 1], got {fraction}")
-    if not dicts:
-        raise ValueError("the training set is empty: nothing to take a label fraction of")
-    n = max(1, math.floor(fraction * len(dicts) + 0.5))
-
-    def rank(d: dict[str, Any]) -> tuple[str, str]:
-        name = str(d["file_name"])
-        return hashlib.sha256(f"{seed}:{os.path.basename(name)}".encode()).hexdigest(), name
-
-    keep = {id(d) for d in sorted(dicts, key=rank)[:n]}
-    return [d for d in dicts if id(d) in keep]
+    """The limited-labels training set (FlowE Table 6) by the rule both readout frameworks share
+    (:mod:`pretrain.readout`: ``sha256("<seed>:<basename of file_name>")``), so the subset depends only
+    on the seed, the fraction and which images exist — and mmseg trains on the same images. The kept
+    dicts stay in their original order."""
+    keep = select_subset([str(d["file_name"]) for d in dicts], fraction, seed, "DATASETS.LABEL_FRACTION")
+    return [dicts[i] for i in keep]
 
 
 def label_subset_text(subset: Sequence[dict[str, Any]], total: int, fraction: float, seed: int,
                       datasets: Sequence[str]) -> str:
     """``label_subset.txt``: a header saying how the list was drawn, then one file_name per line (sorted)."""
-    header = (f"# flowssl label subset: fraction {fraction}, seed {seed}: {len(subset)} of {total} training images "
-              f"of {', '.join(datasets)}\n# rule: images ranked by sha256('<seed>:<basename>'), the first "
-              "max(1, round(fraction*N)) kept\n")
-    return header + "".join(f"{name}\n" for name in sorted(str(d["file_name"]) for d in subset))
+    header = (f"flowssl label subset: fraction {fraction}, seed {seed}: {len(subset)} of {total} training images "
+              f"of {', '.join(datasets)}", f"rule: {SUBSET_RULE}")
+    return subset_list_text(sorted(str(d["file_name"]) for d in subset), header)
 
 
 def voc_root(root: Path) -> Path:

@@ -16,14 +16,14 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-BLOCKS = {"resnet14": (1, 1, 1, 1), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+from pretrain.readout import ARCH_BLOCKS
 
 
 def _blocks(cfg: Any) -> tuple[int, ...]:
     arch = cfg.MODEL.FLOWSSL.ARCH
-    if arch not in BLOCKS:
-        raise KeyError(f"MODEL.FLOWSSL.ARCH '{arch}' is not one of {sorted(BLOCKS)}")
-    return BLOCKS[arch]
+    if arch not in ARCH_BLOCKS:
+        raise KeyError(f"MODEL.FLOWSSL.ARCH '{arch}' is not one of {sorted(ARCH_BLOCKS)}")
+    return ARCH_BLOCKS[arch]
 
 
 def _norm(cfg: Any) -> str:

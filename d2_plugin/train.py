@@ -4,7 +4,6 @@ label-fraction training set, and a results JSON for ``flowssl tables``."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 
+from pretrain import readout
 from pretrain.config import ConfigError
 
 from . import modeling  # noqa: F401  (registers the backbones and ROI heads)
@@ -116,8 +116,8 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             from pretrain.fileio import write_text_atomic
 
-            path = write_text_atomic(label_subset_text(subset, len(dicts), fraction, cfg.DATASETS.LABEL_SEED,
-                                                       cfg.DATASETS.TRAIN), Path(cfg.OUTPUT_DIR) / "label_subset.txt")
+            text = label_subset_text(subset, len(dicts), fraction, cfg.DATASETS.LABEL_SEED, cfg.DATASETS.TRAIN)
+            path = write_text_atomic(text, Path(cfg.OUTPUT_DIR) / readout.LIST_FILE_NAME)
             logger.info("label fraction %s (seed %d): training on %d of %d images, listed in %s", fraction,
                         cfg.DATASETS.LABEL_SEED, len(subset), len(dicts), path)
         return build_detection_train_loader(cfg, dataset=subset)
@@ -129,16 +129,13 @@ def _floats(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_results(cfg: Any, results: dict[str, Any], out: str | Path | None = None) -> Path:
-    """AP/AP50/AP75 (box and mask) as JSON for ``flowssl tables``, with the label fraction trained on."""
-    from pretrain.fileio import write_text_atomic
-
+    """AP/AP50/AP75 (box and mask) as JSON for ``flowssl tables``, with the label fraction trained on.
+    An AP detectron2 reports as NaN (no predictions) is written as ``null`` (:func:`pretrain.readout.write_results`)."""
     payload = {"framework": "detectron2", "weights": cfg.MODEL.WEIGHTS, "frozen": bool(cfg.MODEL.FLOWSSL.FROZEN),
                "backbone": cfg.MODEL.BACKBONE.NAME, "method": cfg.MODEL.FLOWSSL.METHOD,
                "label_fraction": float(cfg.DATASETS.LABEL_FRACTION), "label_seed": int(cfg.DATASETS.LABEL_SEED),
                "metrics": _floats(results or {})}
-    path = Path(out or Path(cfg.OUTPUT_DIR) / "results.json")
-    write_text_atomic(json.dumps(payload, indent=2), path)
-    return path
+    return readout.write_results(payload, out or Path(cfg.OUTPUT_DIR) / readout.RESULTS_FILE)
 
 
 def evaluate(cfg: Any, weights: str | None = None, resume: bool = False) -> dict[str, Any]:

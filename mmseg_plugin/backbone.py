@@ -6,14 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from mmengine.logging import print_log
 from mmseg.models.backbones import ResNet
 from mmseg.models.backbones.resnet import Bottleneck
 from mmseg.registry import MODELS
 
+from pretrain.readout import ARCH_BLOCKS, ARCH_DEPTH
+
 # torchvision's dilation pattern per output stride, expressed in mmseg's terms (with
 # contract_dilation=True the first block of a dilated stage uses half the dilation, as torchvision).
 _LAYOUT = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)), 32: ((1, 2, 2, 2), (1, 1, 1, 1))}
-_DEPTH = {"resnet14": 14, "resnet50": 50, "resnet101": 101}
 
 
 @MODELS.register_module()
@@ -24,7 +26,8 @@ class FlowsslResNet(ResNet):
     ``frozen=True`` is the paper's readout: stem and all four stages frozen, BN in eval mode (running
     statistics never updated) and no graph kept through the backbone. ``frozen=False`` fine-tunes
     everything (BN or SyncBN through ``norm_cfg``). ``checkpoint`` may be a flowssl pretraining
-    checkpoint or any file ``flowssl convert`` reads; it is converted on load.
+    checkpoint or any file ``flowssl convert`` reads; it is converted on load, and one log line says what
+    was loaded (file, layout, method, arch, tensor counts).
 
     ``decoder=dict(channels=…, hidden_factor=…)``: PooDLe's protocol — its
     :class:`~pretrain.models.decoder.SpatialDecoder` over layer2–layer4 (PooDLe pretrains a stride-32
@@ -33,17 +36,17 @@ class FlowsslResNet(ResNet):
     appended to the outputs (``in_index=4``). ``None`` (default): the encoder alone, as FlowE's readouts.
     """
 
-    arch_settings = {**ResNet.arch_settings, 14: (Bottleneck, (1, 1, 1, 1))}
+    arch_settings = {**ResNet.arch_settings, **{ARCH_DEPTH[a]: (Bottleneck, b) for a, b in ARCH_BLOCKS.items()}}
 
     def __init__(self, arch: str = "resnet50", output_stride: int = 8, frozen: bool = True,
                  checkpoint: str | None = None, decoder: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if arch not in _DEPTH:
-            raise KeyError(f"unknown arch '{arch}'; choose one of {sorted(_DEPTH)}")
+        if arch not in ARCH_DEPTH:
+            raise KeyError(f"unknown arch '{arch}'; choose one of {sorted(ARCH_DEPTH)}")
         strides, dilations = _LAYOUT[output_stride]
         kwargs.setdefault("out_indices", (0, 1, 2, 3))
         if frozen:
             kwargs.update(frozen_stages=4, norm_eval=True)
-        super().__init__(depth=_DEPTH[arch], strides=strides, dilations=dilations, contract_dilation=True,
+        super().__init__(depth=ARCH_DEPTH[arch], strides=strides, dilations=dilations, contract_dilation=True,
                          style="pytorch", deep_stem=False, avg_down=False, **kwargs)
         self.frozen, self.flowssl_checkpoint = frozen, checkpoint
         self.decoder = None
@@ -71,11 +74,15 @@ class FlowsslResNet(ResNet):
         if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
             raise RuntimeError(f"{self.flowssl_checkpoint} does not fit FlowsslResNet: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}; is the arch right?")
+        loaded = f"{len(enc.state)} encoder tensors"
         if self.decoder is not None:
-            self._load_decoder()
+            loaded += f" and {self._load_decoder()} decoder tensors"
+        print_log(f"FlowsslResNet: loaded {loaded} from {self.flowssl_checkpoint} (layout {enc.layout}, method "
+                  f"{enc.meta.get('method', 'unknown')}, arch {enc.arch})", logger="current")
         self._freeze_stages()
 
-    def _load_decoder(self) -> None:
+    def _load_decoder(self) -> int:
+        """Load the spatial decoder from the checkpoint; how many tensors it loaded."""
         from pretrain.convert import decoder_config, read_decoder
 
         state, found = read_decoder(self.flowssl_checkpoint)
@@ -84,6 +91,7 @@ class FlowsslResNet(ResNet):
             raise RuntimeError(f"{self.flowssl_checkpoint} holds a spatial decoder {found}, but "
                                f"model.backbone.decoder builds {want}; set model.backbone.decoder to match")
         self.decoder.load_state_dict(state)
+        return len(state)
 
     def _freeze_stages(self) -> None:
         super()._freeze_stages()

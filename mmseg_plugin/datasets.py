@@ -7,14 +7,14 @@ from typing import Any
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from pretrain.data.synthetic import CLASSES, PALETTE
+from pretrain.readout import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 
 
 @DATASETS.register_module()
 class SyntheticCityscapesDataset(BaseSegDataset):
     """Cityscapes file naming with flowssl's synthetic classes (background + five shapes)."""
 
-    METAINFO = dict(classes=CLASSES, palette=[list(c) for c in PALETTE])
+    METAINFO = dict(classes=SYNTHETIC_CLASSES, palette=[list(c) for c in SYNTHETIC_PALETTE])
 
     def __init__(self, img_suffix: str = "_leftImg8bit.png", seg_map_suffix: str = "_gtFine_labelTrainIds.png",
                  **kwargs: Any) -> None:

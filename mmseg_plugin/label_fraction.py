@@ -1,11 +1,12 @@
 """Limited labels (FlowE Table 6): train a readout on a deterministic fraction of the labelled images.
 
 ``LabelFractionDataset`` wraps any training dataset config and keeps ``max(1, round(fraction · N))``
-of its N samples. Which ones depends only on ``seed`` and the image file names (relative to the
-folder they share), never on the data root, the listing order, the number of workers or GPUs: every
-rank computes the same subset, and a rerun on another machine picks the same images. Samples are
-ranked by ``sha256(seed, name)``, so for one seed the 1 % subset lies inside the 10 % one, which lies
-inside 100 % — the fractions of a Table 6 row differ only in how many labels they add.
+of its N samples by the rule detectron2's readout uses too (:mod:`pretrain.readout`: samples ranked by
+``sha256("<seed>:<basename of img_path>")``): for the same images, seed and fraction both frameworks
+train on the same images. Which ones never depends on the data root, the listing order, the number of
+workers or GPUs: every rank computes the same subset, and a rerun on another machine picks the same
+images. For one seed the 1 % subset lies inside the 10 % one, which lies inside 100 % — the fractions
+of a Table 6 row differ only in how many labels they add.
 
 The chosen image files are written (atomically, by the main process) to ``list_file``, or by
 :class:`LabelSubsetHook` to ``<work_dir>/label_subset.txt`` when ``list_file`` is not given — the
@@ -15,8 +16,6 @@ dataset is built before it could know the work dir. The evaluation set is never 
 from __future__ import annotations
 
 import copy
-import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,44 +25,7 @@ from mmengine.hooks import Hook
 from mmseg.registry import DATASETS, HOOKS
 
 from pretrain.fileio import write_text_atomic
-
-LIST_FILE_NAME = "label_subset.txt"
-
-
-def subset_size(fraction: float, n: int) -> int:
-    """``round(fraction · n)`` (halves round up), at least 1: a 1 % subset of 30 images is one image."""
-    return max(1, math.floor(fraction * n + 0.5))
-
-
-def check_fraction(fraction: Any, where: str = "label fraction") -> float:
-    """``fraction`` as a float in (0, 1], or a ValueError saying what is allowed."""
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a number in (0, 1] (0.01 for 1 %), got {fraction!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{where} must be in (0, 1] (0.01 for 1 %, 1.0 for all labels), got {fraction!r}")
-    return value
-
-
-def select_subset(names: list[str], fraction: float, seed: int) -> list[int]:
-    """Indices (ascending) of the samples kept: the ``subset_size`` smallest ``sha256(seed, name)``.
-
-    Ties (the same file listed twice, as VOC's train + aug lists do) break by index, so the result is
-    a pure function of ``names``, ``fraction`` and ``seed``.
-    """
-    if not names:
-        raise ValueError("cannot take a label fraction of an empty dataset")
-    fraction = check_fraction(fraction)
-    rank = sorted(range(len(names)), key=lambda i: (hashlib.sha256(f"{seed}\0{names[i]}".encode()).digest(), i))
-    return sorted(rank[:subset_size(fraction, len(names))])
-
-
-def _relative_names(paths: list[str]) -> list[str]:
-    """Paths relative to the folder they all share: the same files under another data root get the
-    same names, hence the same subset."""
-    common = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-    return [os.path.relpath(p, common) if common else p for p in paths]
+from pretrain.readout import LIST_FILE_NAME, check_fraction, select_subset, subset_list_text
 
 
 def _build(cfg: dict) -> Any:
@@ -126,7 +88,7 @@ class LabelFractionDataset:
             raise ValueError("LabelFractionDataset: the wrapped dataset has no samples; check its data_root, "
                              "data_prefix and ann_file")
         paths = [str(self.dataset.get_data_info(i)["img_path"]) for i in range(self.total)]
-        self.indices = select_subset(_relative_names(paths), self.fraction, self.seed)
+        self.indices = select_subset(paths, self.fraction, self.seed)
         self.files = [paths[i] for i in self.indices]
         self._fully_initialized = True
         if self.list_file is not None:
@@ -136,7 +98,7 @@ class LabelFractionDataset:
         """Write the kept image files, one per line (main process only; atomically)."""
         self.full_init()
         if is_main_process():
-            write_text_atomic("".join(f"{f}\n" for f in self.files), path)
+            write_text_atomic(subset_list_text(self.files), path)
         return Path(path)
 
     def get_data_info(self, idx: int) -> dict:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from mmseg.evaluation.metrics import IoUMetric
@@ -21,7 +19,7 @@ class PerClassIoUMetric(IoUMetric):
     a class that appears neither in the ground truth nor in the prediction has IoU 0/0 = NaN, exactly
     where mmseg's table says ``nan`` and ``mIoU`` (a ``nanmean``) leaves it out. Reporting 0.0 there
     would make the per-class numbers disagree with the mIoU next to them. ``nan_to_num`` applies as
-    in mmseg. JSON writers must store NaN as ``null`` (:func:`json_safe`).
+    in mmseg. JSON writers must store NaN as ``null`` (:func:`pretrain.readout.write_results` does).
     """
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
@@ -43,16 +41,3 @@ class PerClassIoUMetric(IoUMetric):
             metrics[f"IoU.{name}"] = float(np.round(value * 100, 2))
         return metrics
 
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by ``None`` (containers walked), so that
-    ``json.dumps`` writes valid JSON (``null``) instead of the non-standard ``NaN``."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float | np.floating) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.floating):
-        return float(value)
-    return value

@@ -3,13 +3,14 @@ benchmark tooling: mmengine's Runner with a flowssl checkpoint plugged into the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
 from mmengine.runner import Runner
+
+from pretrain import readout
 
 
 def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint: str | None = None,
@@ -22,9 +23,7 @@ def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint:
     ``train_dataloader.dataset`` is wrapped in :class:`LabelFractionDataset` (seed ``label_seed``)
     and the chosen files are listed in ``<work_dir>/label_subset.txt``. Evaluation sets are untouched.
     """
-    from .label_fraction import LIST_FILE_NAME, check_fraction
-
-    label_fraction = check_fraction(label_fraction, "--label-fraction")
+    label_fraction = readout.check_fraction(label_fraction, "--label-fraction")
     if isinstance(label_seed, bool) or not isinstance(label_seed, int):
         raise ValueError(f"--label-seed must be an integer, got {label_seed!r}")
     if not Path(config).is_file():
@@ -50,7 +49,7 @@ def load_cfg(config: str | Path, work_dir: str | Path | None = None, checkpoint:
             raise ValueError(f"{config} already trains on a label fraction "
                              f"({dataset.get('fraction')}); drop --label-fraction or use the full-label config")
         cfg.train_dataloader.dataset = dict(type="LabelFractionDataset", dataset=dataset, fraction=label_fraction,
-                                            seed=label_seed, list_file=str(Path(cfg.work_dir) / LIST_FILE_NAME))
+                                            seed=label_seed, list_file=str(Path(cfg.work_dir) / readout.LIST_FILE_NAME))
     return cfg
 
 
@@ -67,10 +66,6 @@ def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None =
     A class absent from both ground truth and prediction has IoU NaN (as in mmseg); it is written,
     and returned, as ``None`` (JSON ``null``) so the file stays standard JSON.
     """
-    from pretrain.fileio import write_text_atomic
-
-    from .metric import json_safe
-
     if model_checkpoint is not None:
         if not Path(model_checkpoint).is_file():
             raise FileNotFoundError(f"readout checkpoint {model_checkpoint} does not exist")
@@ -83,8 +78,7 @@ def run_test(cfg: Config, model_checkpoint: str | None, out: str | Path | None =
         "frozen": cfg.model.backbone.get("frozen"), "decode_head": cfg.model.decode_head.type,
         # PooDLe can be read out through its spatial decoder (its authors' protocol) or not (FlowE's)
         "backbone_readout": "encoder+decoder" if cfg.model.backbone.get("decoder") else "encoder",
-        "metrics": json_safe({k: float(v) for k, v in metrics.items()}),  # NaN (class absent) → null
+        "metrics": readout.json_safe({k: float(v) for k, v in metrics.items()}),  # NaN (class absent) → null
     }
-    out = Path(out or Path(cfg.work_dir) / "results.json")
-    write_text_atomic(json.dumps(result, indent=2), out)
+    readout.write_results(result, out or Path(cfg.work_dir) / readout.RESULTS_FILE)
     return result

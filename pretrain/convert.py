@@ -20,10 +20,7 @@ import numpy as np
 import torch
 
 from .fileio import CheckpointError, atomic_path, load_checkpoint, write_text_atomic
-
-# pixel statistics of torchvision / flowssl encoders, RGB
-PIXEL_MEAN_01 = (0.485, 0.456, 0.406)
-PIXEL_STD_01 = (0.229, 0.224, 0.225)
+from .readout import ARCH_DEPTH, IMAGENET_MEAN, IMAGENET_STD, arch_of_blocks
 
 # Known layouts: name → prefixes the encoder's keys may carry (first match wins).
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -102,8 +99,7 @@ class Encoder:
     @property
     def arch(self) -> str:
         blocks = tuple(len({k.split(".")[1] for k in self.state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-        return self.meta.get("arch") or {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101",
-                                         (1, 1, 1, 1): "resnet14", (3, 8, 36, 3): "resnet152"}.get(blocks, str(blocks))
+        return self.meta.get("arch") or arch_of_blocks(blocks) or str(blocks)
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -310,11 +306,11 @@ def d2_config_hints(enc: Encoder) -> dict[str, Any]:
     """What a detectron2 config needs to read this encoder as it was trained (RGB, 0–255 scale)."""
     os_ = int(enc.meta.get("output_stride", 32))
     return {
-        "MODEL.PIXEL_MEAN": [round(m * 255, 3) for m in enc.meta.get("pixel_mean", PIXEL_MEAN_01)],
-        "MODEL.PIXEL_STD": [round(s * 255, 3) for s in enc.meta.get("pixel_std", PIXEL_STD_01)],
+        "MODEL.PIXEL_MEAN": [round(m * 255, 3) for m in enc.meta.get("pixel_mean", IMAGENET_MEAN)],
+        "MODEL.PIXEL_STD": [round(s * 255, 3) for s in enc.meta.get("pixel_std", IMAGENET_STD)],
         "INPUT.FORMAT": "RGB",
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
-        "MODEL.RESNETS.DEPTH": {"resnet50": 50, "resnet101": 101, "resnet14": 14}.get(enc.arch, enc.arch),
+        "MODEL.RESNETS.DEPTH": ARCH_DEPTH.get(enc.arch, enc.arch),
         "MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE": os_,
         "MODEL.FLOWSSL.RES4_DILATION": 2 if os_ == 8 else 1,
         "MODEL.FLOWSSL.RES5_DILATION": {8: 4, 16: 2}.get(os_, 1),
@@ -322,7 +318,8 @@ def d2_config_hints(enc: Encoder) -> dict[str, Any]:
 
 
 # the depths detectron2's own ResNet builds that flowssl pretrains, with a model-zoo C4 config of that depth
-STOCK_D2_DEPTHS = {"resnet50": (50, "faster_rcnn_R_50_C4_1x.yaml"), "resnet101": (101, "faster_rcnn_R_101_C4_3x.yaml")}
+STOCK_D2_DEPTHS = {arch: (ARCH_DEPTH[arch], zoo) for arch, zoo in (("resnet50", "faster_rcnn_R_50_C4_1x.yaml"),
+                                                                   ("resnet101", "faster_rcnn_R_101_C4_3x.yaml"))}
 
 
 def d2_stock_fragment(enc: Encoder, weights: Path) -> str | None:

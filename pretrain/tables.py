@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .readout import RESULTS_FILE, read_results
+
 COLUMNS = ("mIoU", "mAP", "mIoU†", "mAP†")
 READOUT_COLUMN = {"deeplabv1": "mIoU", "deeplabv3": "mIoU†", "c4": "mAP", "fpn": "mAP†"}
 
@@ -65,7 +67,8 @@ PUBLISHED_POODLE: dict[str, tuple[float, ...]] = {
 class NotMeasured:
     """A readout whose metric is ``null`` (or NaN): no number was measured. ``tools/mmseg_test.py``
     writes ``"mIoU": null`` when every val label is ignored, and detectron2 reports AP NaN when the
-    model predicts nothing. The table shows such a cell as ``n/a`` and names the file in a note."""
+    model predicts nothing (written as ``null`` too; files from before hold a bare ``NaN``). The table
+    shows such a cell as ``n/a`` and names the file in a note."""
 
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key = path, key
@@ -82,7 +85,7 @@ def _metric(value: Any, path: Path, key: str) -> float | NotMeasured:
     return float(value)
 
 
-def result_value(data: dict, path: Path = Path("results.json")) -> float | NotMeasured | None:
+def result_value(data: dict, path: Path = Path(RESULTS_FILE)) -> float | NotMeasured | None:
     """The number a results.json contributes: mIoU for segmentation, mask AP if present else box AP."""
     metrics = data.get("metrics", {})
     if "mIoU" in metrics:
@@ -119,7 +122,7 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, Values]]:
     if not root.is_dir():
         raise FileNotFoundError(f"results folder {root} does not exist")
     table: dict[tuple[str, str], dict[str, Values]] = defaultdict(lambda: defaultdict(list))
-    files = sorted(root.rglob("results.json"))
+    files = sorted(root.rglob(RESULTS_FILE))
     if not files:
         raise FileNotFoundError(f"no results.json under {root}: expected <method>/<dataset>/<readout>[/seed<k>]/"
                                 "results.json, as 'flowssl bench' or tools/mmseg_test.py write them")
@@ -131,13 +134,7 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, Values]]:
         column = readout_column(readout)
         if column is None:
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc}); rerun that readout or delete the file") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
-            raise ValueError(f"{path} is not a readout result (expected an object with 'metrics'); "
-                             "rerun that readout or delete the file")
+        data = read_results(path)
         value = result_value(data, path)
         if value is not None:
             table[(dataset, row_label(method, data))][column].append(value)

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.convert import PIXEL_MEAN_01, PIXEL_STD_01, convert
+from pretrain.convert import convert
 from pretrain.models import ResNetEncoder
+from pretrain.readout import IMAGENET_MEAN as PIXEL_MEAN_01
+from pretrain.readout import IMAGENET_STD as PIXEL_STD_01
 
 from .conftest import REPO
 from .test_d2_datasets import resized_bdd100k

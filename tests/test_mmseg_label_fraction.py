@@ -16,15 +16,11 @@ pytest.importorskip("mmcv.ops")
 from mmengine.config import Config  # noqa: E402
 
 import mmseg_plugin  # noqa: E402,F401
-from mmseg_plugin.label_fraction import (  # noqa: E402
-    LIST_FILE_NAME,
-    LabelFractionDataset,
-    _relative_names,
-    select_subset,
-    subset_size,
-)
+from mmseg_plugin.label_fraction import LabelFractionDataset  # noqa: E402
 from mmseg_plugin.runner import load_cfg  # noqa: E402
 from pretrain.data.synthetic import write_cityscapes_layout  # noqa: E402
+from pretrain.readout import LIST_FILE_NAME, select_subset, subset_size  # noqa: E402
+from pretrain.readout import subset_keys as _relative_names  # noqa: E402  (the names images are ranked by)
 
 from .conftest import REPO  # noqa: E402
 from .test_mmseg_plugin import TINY, _flowssl_checkpoint  # noqa: E402

@@ -14,7 +14,8 @@ pytest.importorskip("mmseg")
 
 from mmseg.evaluation.metrics import IoUMetric  # noqa: E402
 
-from mmseg_plugin.metric import PerClassIoUMetric, json_safe  # noqa: E402
+from mmseg_plugin.metric import PerClassIoUMetric  # noqa: E402
+from pretrain.readout import json_safe  # noqa: E402
 
 CLASSES = ("road", "car", "bus", "person")
 

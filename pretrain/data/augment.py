@@ -10,9 +10,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
+from ..readout import IMAGENET_MEAN, IMAGENET_STD
 
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 

@@ -74,11 +74,7 @@ import cv2
 import numpy as np
 import torch
 
-CLASSES: tuple[str, ...] = ("background", "disk", "square", "triangle", "ring", "cross")
-# RGB colours of the label palette (for colormaps and mmseg metainfo) — labels only, never rendered.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (90, 90, 90), (220, 60, 60), (60, 170, 60), (60, 90, 220), (220, 190, 40), (170, 60, 200),
-)
+from ..readout import SYNTHETIC_CLASSES as CLASSES  # label ids 0..5: id k is the shape _inside(k) draws
 
 Window = tuple[int, int, int, int]  # (y0, x0, h, w): a crop of the frame, in full-frame pixels
 

@@ -12,13 +12,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# ``resnet14`` (one bottleneck per stage) is the CPU variant for tests and the demo: same stem,
-# stage layout, widths and dilation as ResNet-50, so every conversion and readout path is the same.
-ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {
-    "resnet14": (Bottleneck, [1, 1, 1, 1]),
-    "resnet50": (Bottleneck, [3, 4, 6, 3]),
-    "resnet101": (Bottleneck, [3, 4, 23, 3]),
-}
+from ..readout import ARCH_BLOCKS
+
+# the archs every readout builds too (one table, pretrain.readout.ARCH_BLOCKS): torchvision bottlenecks
+ARCHS: dict[str, tuple[type[nn.Module], list[int]]] = {arch: (Bottleneck, list(b)) for arch, b in ARCH_BLOCKS.items()}
 
 # replace_stride_with_dilation for layer2..layer4 per output stride.
 _DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}

@@ -67,7 +67,6 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
             flow_kind: str, raft_updates: int, symmetric: bool) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.objectives import flowe as flowe_mod
     from pretrain.objectives.flowe import FlowE
     from pretrain.optim import build_optimizer
 
@@ -95,7 +94,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
     batch = {k: v.to(dev) for k, v in batch.items()}
 
     part = {"t": 0.0}
-    inner = flowe_mod.equivariance_loss
+    inner = model.equivariance_loss  # the objective's loss: wrapped on this model only, PooDLe's too
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -109,7 +108,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
         part["t"] += time.perf_counter() - t0
         return out
 
-    flowe_mod.equivariance_loss = timed
+    model.equivariance_loss = timed
     base = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_mb(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -136,7 +135,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
         with FlopCounterMode(display=False) as counter:  # after timing: the counter slows the step down
             step()
     finally:
-        flowe_mod.equivariance_loss = inner
+        del model.equivariance_loss  # the class's loss again
     return {"step_s": total, "loss_part_s": loss_part, "peak_mb": peak - base,
             "flops": float(counter.get_total_flops())}
 

@@ -10,18 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pretrain.objectives.flowe as flowe_mod
+import pretrain.losses as losses_mod
 from pretrain.data.synthetic import MovingShapesVideo
 from pretrain.flow.warp import pixel_coords, warp
 from pretrain.geometry import random_affine, view_flow
-from pretrain.objectives.flowe import (
-    FlowE,
-    _warped_rows,
-    _warped_taps,
+from pretrain.losses import (
     equivariance_loss,
     image_resolution_loss,
     upsampled_at,
+    warped_rows,
+    warped_taps,
 )
+from pretrain.objectives.flowe import FlowE
 
 
 def test_upsampled_at_reads_interpolate_at_any_pixel():
@@ -49,8 +49,8 @@ def test_both_band_warps_equal_warping_the_upsampled_map():
         for r0, r1 in ((0, 8), (8, 15), (15, h)):
             band = slice(r0, r1)
             target = (q + t)[:, :, band]
-            rows = _warped_rows(z, target, weight[:, band], (h, w))
-            taps = _warped_taps(z, target, (h, w))
+            rows = warped_rows(z, target, weight[:, band], (h, w))
+            taps = warped_taps(z, target, (h, w))
             keep = inside[:, None, band]
             torch.testing.assert_close(rows * keep, want[:, :, band] * keep, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(taps * keep, want[:, :, band] * keep, rtol=1e-5, atol=1e-5)
@@ -146,8 +146,8 @@ class _CountTaps:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        self.real = flowe_mod._warped_taps
-        monkeypatch.setattr(flowe_mod, "_warped_taps", self)
+        self.real = losses_mod.warped_taps
+        monkeypatch.setattr(losses_mod, "warped_taps", self)
 
     def __call__(self, *args: object) -> torch.Tensor:
         self.calls += 1

@@ -321,6 +321,78 @@ def test_gradients_reach_the_online_parts_only_and_geometry_stays_fp32_under_bf1
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), part
 
 
+
+@pytest.mark.parametrize("chunk_rows", [0, 8])  # 0: the whole upsampled maps at once; 8: bands of 8 rows
+def test_the_objectives_loss_and_its_settings_reach_poodle(chunk_rows):
+    """PooDLe calls the loss FlowE calls, looked up on the model: wrapping ``model.equivariance_loss``
+    (as the step benchmark does to time it) wraps PooDLe's, and ``loss_resolution``/``loss_chunk_rows``
+    reach it; whole maps and bands give the same dense loss."""
+    torch.manual_seed(0)
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, subcrops={"num": 1, "size": (16, 16)},
+                   loss_resolution="image", loss_chunk_rows=chunk_rows, **SMALL)
+    calls = []
+    real = model.equivariance_loss
+
+    def spy(*args):
+        calls.append(args[7:])
+        return real(*args)
+
+    model.equivariance_loss = spy
+    batch = _batch()
+    out = model(batch)
+    assert calls == [("image", chunk_rows)]
+    del model.equivariance_loss
+    model.loss_chunk_rows = 8 - chunk_rows  # the other implementation, same weights and batch
+    torch.testing.assert_close(model(batch)["dense_loss"], out["dense_loss"], rtol=1e-5, atol=0)
+
+
+def test_heads_are_built_once_and_the_dense_projector_reads_the_decoder(monkeypatch):
+    import pretrain.objectives.base as base_mod
+    import pretrain.objectives.poodle as poodle_mod
+
+    built = []
+
+    class Counted(base_mod.MLPHead):
+        def __init__(self, in_channels: int, *args: int, **kwargs: int) -> None:
+            built.append(in_channels)
+            super().__init__(in_channels, *args, **kwargs)
+
+    monkeypatch.setattr(base_mod, "MLPHead", Counted)
+    monkeypatch.setattr(poodle_mod, "MLPHead", Counted)
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, **SMALL)
+    assert model.encoder.out_channels == 2048 and model.decoder.out_channels == 64
+    assert built == [64, 16, 2048, 16]  # dense projector, predictor, pooled projector, pooled predictor
+    assert model.projector[0].in_channels == model.target_projector[0].in_channels == 64
+
+
+def test_momentum_pairs_extend_the_bootstrap_pairs_and_cover_every_target():
+    """PooDLe adds its decoder and pooled projector to the (encoder, projector) pairs through ``super()``;
+    the pairs' targets are exactly the frozen parameters, and the EMA moves each of them."""
+    torch.manual_seed(0)
+    model = PooDLe({"arch": "resnet14", "output_stride": 32}, **SMALL)
+    pairs = model.momentum_pairs
+    assert [(o, t) for o, t in pairs] == [(model.encoder, model.target_encoder),
+                                         (model.projector, model.target_projector),
+                                         (model.decoder, model.target_decoder),
+                                         (model.pooled_projector, model.target_pooled_projector)]
+    targets = {id(p) for _, t in pairs for p in t.parameters()}
+    assert targets == {id(p) for p in model.parameters() if not p.requires_grad}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    before = [[p.clone() for p in t.parameters()] for _, t in pairs]
+    model.momentum_update(0.75)
+    for (online, target), old in zip(pairs, before, strict=True):
+        for o, t, was in zip(online.parameters(), target.parameters(), old, strict=True):
+            torch.testing.assert_close(t, 0.75 * was + 0.25 * o)
+
+
+@pytest.mark.parametrize("option", [{"symmetric": False}, {"dense": False}])
+def test_poodle_refuses_flowe_variants_it_does_not_have(option):
+    with pytest.raises(ValueError, match="no model.symmetric=False or model.dense=False variant"):
+        PooDLe({"arch": "resnet14", "output_stride": 32}, **SMALL, **option)
+
 def test_short_poodle_run_lowers_the_loss_and_exports_the_encoder_only(tmp_path):
     opts = {"max_iters": 30, "checkpoint_interval": 30, "batch_size": 4, "num_workers": 0, "device": "cpu",
             "quiet": True, "log_interval": 1, "model.projector.hidden_channels": 64,

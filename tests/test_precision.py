@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from pretrain import losses as losses_mod
 from pretrain.api import load_config
 from pretrain.flow import RAFTFlow, warp
 from pretrain.flow.sources import FlowPair
@@ -25,7 +26,6 @@ from pretrain.losses import (
     normalize_flow_log,
 )
 from pretrain.models import HypercolumnHead
-from pretrain.objectives import flowe as flowe_mod
 from pretrain.objectives.crosspixel import flow_in_view
 from pretrain.precision import fp32, fp32_geometry
 from pretrain.registry import DATASETS, OBJECTIVES, build_from
@@ -140,10 +140,10 @@ def test_equivariant_network_loss_keeps_its_fp32_value_under_autocast():
     a1, a2 = _paper_affines(1)
     lift = lambda v: torch.cat([v, torch.ones_like(v[:, :1])], 1)  # noqa: E731 - avoid 0-vectors
     p, z = lift(render_view(_frame(), a1)), lift(render_view(_frame(*d), a2))
-    loss32, frac32 = flowe_mod.equivariance_loss(p, z, a1, a2, flow, valid, (H, W), "image")
+    loss32, frac32 = losses_mod.equivariance_loss(p, z, a1, a2, flow, valid, (H, W), "image")
     with bf16():
-        loss16, frac16 = flowe_mod.equivariance_loss(p, z, a1, a2, flow, valid, (H, W), "image")
-        loss_bf16_maps, _ = flowe_mod.equivariance_loss(p.bfloat16(), z.bfloat16(), a1, a2, flow, valid, (H, W),
+        loss16, frac16 = losses_mod.equivariance_loss(p, z, a1, a2, flow, valid, (H, W), "image")
+        loss_bf16_maps, _ = losses_mod.equivariance_loss(p.bfloat16(), z.bfloat16(), a1, a2, flow, valid, (H, W),
                                                         "image")
     assert frac32 > 0.2 and loss32 < 1e-3
     assert loss16.dtype == torch.float32 and frac16 == frac32
@@ -173,7 +173,7 @@ def test_one_flowe_demo_step_under_autocast_matches_fp32(monkeypatch):
         fields.append(out)
         return out
 
-    monkeypatch.setattr(flowe_mod, "view_flow", spy)
+    monkeypatch.setattr(losses_mod, "view_flow", spy)
     out32 = model32(batch)
     out32["loss"].backward()
     with bf16():

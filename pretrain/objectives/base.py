@@ -36,33 +36,46 @@ class Objective(nn.Module):
         return {"method": self.method, **self.encoder.meta}
 
 
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module``: a target network, moved by the EMA and never by gradients."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
 class BootstrapObjective(Objective):
-    """Online encoder→projector→predictor and an EMA target encoder→projector (BYOL, FlowE)."""
+    """Online encoder→projector→predictor and an EMA target encoder→projector (BYOL, FlowE, PooDLe).
+
+    Each head is built once, here. ``projector`` may name ``in_channels``, the width of the map it
+    reads: the encoder's by default, a decoder's for a subclass that puts one in between (PooDLe).
+    :attr:`momentum_pairs` lists the (online, target) modules the EMA moves; a subclass that adds a
+    target module (:func:`momentum_copy`) extends it through ``super().momentum_pairs``, as solo-learn's
+    ``BaseMomentumMethod`` does.
+    """
 
     def __init__(self, encoder: dict[str, Any], projector: dict[str, int] | None = None,
                  predictor: dict[str, int] | None = None, base_momentum: float = 0.996) -> None:
         super().__init__(encoder)
-        projector = {"hidden_channels": 4096, "out_channels": 256, **(projector or {})}
+        projector = {"in_channels": self.encoder.out_channels, "hidden_channels": 4096, "out_channels": 256,
+                     **(projector or {})}
         predictor = {"hidden_channels": 4096, **(predictor or {})}
-        self.projector = MLPHead(self.encoder.out_channels, **projector)
+        self.projector = MLPHead(**projector)
         self.predictor = MLPHead(self.projector.out_channels, out_channels=self.projector.out_channels,
                                  **predictor)
-        self.target_encoder = copy.deepcopy(self.encoder)
-        self.target_projector = copy.deepcopy(self.projector)
-        for p in self.target_parameters():
-            p.requires_grad_(False)
+        self.target_encoder = momentum_copy(self.encoder)
+        self.target_projector = momentum_copy(self.projector)
         self.base_momentum = base_momentum
 
-    def online_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) pairs the EMA updates, in a fixed order; extend with ``super()``."""
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
-
-    def target_parameters(self) -> list[nn.Parameter]:
-        return [p for _, t in self.online_pairs() for p in t.parameters()]
 
     @torch.no_grad()
     def momentum_update(self, tau: float) -> None:
         """ξ ← τ·ξ + (1 − τ)·θ for parameters; buffers (BN running stats) are copied as in BYOL."""
-        for online, target in self.online_pairs():
+        for online, target in self.momentum_pairs:
             online_p = list(online.parameters())
             target_p = list(target.parameters())
             torch._foreach_lerp_(target_p, online_p, 1 - tau)

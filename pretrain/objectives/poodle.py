@@ -27,7 +27,6 @@ Precision: centres, T, boxes and the crop sampling (``roi_align``) are fp32 unde
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -41,7 +40,8 @@ from ..models import MLPHead
 from ..models.decoder import SpatialDecoder
 from ..precision import fp32, fp32_geometry
 from ..registry import OBJECTIVES
-from .flowe import FlowE, equivariance_loss
+from .base import momentum_copy
+from .flowe import FlowE
 
 SUBCROP_DEFAULTS: dict[str, Any] = {
     "num": 6,                 # pairs per view and direction (subcrop_num_pair)
@@ -157,26 +157,25 @@ class PooDLe(FlowE):
     method = "poodle"
 
     def __init__(self, encoder: dict[str, Any], decoder: dict[str, Any] | None = None,
-                 pooled_projector: dict[str, int] | None = None, pooled_predictor: dict[str, int] | None = None,
-                 subcrops: dict[str, Any] | None = None, loss_weights: dict[str, float] | None = None,
-                 loss_resolution: str = "image", **kwargs: Any) -> None:
-        kwargs.pop("symmetric", None)  # both directions always (one batch of 2B)
-        super().__init__(encoder, loss_resolution=loss_resolution, symmetric=True, **kwargs)
-        self.decoder = SpatialDecoder(self.encoder.stage_channels,
-                                      **{"channels": self.encoder.out_channels, **(decoder or {})})
-        if self.decoder.out_channels != self.projector[0].in_channels:  # dense heads read the decoder
-            self.projector = MLPHead(self.decoder.out_channels, self.projector[0].out_channels,
-                                     self.projector.out_channels)
-            self.target_projector = copy.deepcopy(self.projector)
+                 projector: dict[str, int] | None = None, pooled_projector: dict[str, int] | None = None,
+                 pooled_predictor: dict[str, int] | None = None, subcrops: dict[str, Any] | None = None,
+                 loss_weights: dict[str, float] | None = None, loss_resolution: str = "image",
+                 **kwargs: Any) -> None:
+        decoder = dict(decoder or {})
+        if "channels" in decoder:  # the dense heads read the decoder (unset, it is as wide as the encoder)
+            projector = {**(projector or {}), "in_channels": decoder["channels"]}
+        super().__init__(encoder, projector=projector, loss_resolution=loss_resolution, **kwargs)
+        if not (self.symmetric and self.dense):
+            raise ValueError("PooDLe matches dense maps in both directions in one batch: it has no "
+                             "model.symmetric=False or model.dense=False variant (FlowE has)")
+        self.decoder = SpatialDecoder(self.encoder.stage_channels, **{"channels": self.encoder.out_channels, **decoder})
         pooled_projector = {"hidden_channels": 4096, "out_channels": 256, **(pooled_projector or {})}
         self.pooled_projector = MLPHead(self.encoder.out_channels, **pooled_projector)
         self.pooled_predictor = MLPHead(self.pooled_projector.out_channels,
                                         out_channels=self.pooled_projector.out_channels,
                                         **{"hidden_channels": 4096, **(pooled_predictor or {})})
-        self.target_decoder = copy.deepcopy(self.decoder)
-        self.target_pooled_projector = copy.deepcopy(self.pooled_projector)
-        for p in self.target_parameters():
-            p.requires_grad_(False)
+        self.target_decoder = momentum_copy(self.decoder)
+        self.target_pooled_projector = momentum_copy(self.pooled_projector)
         unknown = set(subcrops or {}) - set(SUBCROP_DEFAULTS)
         if unknown:
             raise KeyError(f"unknown model.subcrops keys {sorted(unknown)}; known: {sorted(SUBCROP_DEFAULTS)}")
@@ -186,11 +185,10 @@ class PooDLe(FlowE):
         if set(self.loss_weights) != {"dense", "pooled"}:
             raise KeyError(f"model.loss_weights takes 'dense' and 'pooled', got {sorted(self.loss_weights)}")
 
-    def online_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-        pairs = super().online_pairs()
-        if hasattr(self, "target_pooled_projector"):  # absent while FlowE.__init__ runs
-            pairs += [(self.decoder, self.target_decoder), (self.pooled_projector, self.target_pooled_projector)]
-        return pairs
+    @property
+    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return super().momentum_pairs + [(self.decoder, self.target_decoder),
+                                         (self.pooled_projector, self.target_pooled_projector)]
 
     def dense_map(self, x: torch.Tensor) -> torch.Tensor:
         """g(D(f(x))): the online projection on the decoder's stride-8 grid."""
@@ -209,8 +207,8 @@ class PooDLe(FlowE):
         p = self.predictor(self.dense_map(va))
         with torch.no_grad():
             z = self.target_projector(self.target_decoder(self.target_encoder.forward_stages(vb)))
-        dense, frac = equivariance_loss(p, z, aff_a, aff_b, flow_ab, valid_ab, size, self.loss_resolution,
-                                        self.loss_chunk_rows)
+        dense, frac = self.equivariance_loss(p, z, aff_a, aff_b, flow_ab, valid_ab, size, self.loss_resolution,
+                                             self.loss_chunk_rows)
 
         pooled, paired = self.pooled_loss(va, vb, aff_a, aff_b, flow_ab, valid_ab)
         loss = self.loss_weights["dense"] * dense + self.loss_weights["pooled"] * pooled

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import pretrain.api  # noqa: F401  (registers objectives and datasets)
 
@@ -32,3 +33,14 @@ def shared_data() -> Path:
 def cli_options(options: dict) -> list[str]:
     """``--cfg-options`` words for an options dict (tuples as comma lists)."""
     return [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in options.items()]
+
+
+def tiny_poodle(channels: int = 64):
+    """A small PooDLe (ResNet-14, narrow heads) from seed 0, for checkpoint and export tests."""
+    from pretrain.objectives.poodle import PooDLe
+
+    torch.manual_seed(0)
+    small = {"hidden_channels": 16, "out_channels": 8}
+    return PooDLe({"arch": "resnet14", "output_stride": 32}, decoder={"channels": channels, "hidden_factor": 0.5},
+                  projector=small, predictor={"hidden_channels": 16}, pooled_projector=small,
+                  pooled_predictor={"hidden_channels": 16})

@@ -14,6 +14,8 @@ from pretrain.convert import convert, d2_to_torchvision_name, read_encoder, torc
 from pretrain.fileio import CheckpointError
 from pretrain.models import ResNetEncoder
 
+from .conftest import tiny_poodle
+
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -158,13 +160,7 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, capsys):
 
 def _poodle_ckpt(tmp_path, channels: int = 64) -> tuple[str, torch.nn.Module]:
     """A PooDLe pretraining checkpoint as the trainer writes it (encoder, full model, meta)."""
-    from pretrain.objectives.poodle import PooDLe
-
-    torch.manual_seed(0)
-    small = {"hidden_channels": 16, "out_channels": 8}
-    model = PooDLe({"arch": "resnet14", "output_stride": 32}, decoder={"channels": channels, "hidden_factor": 0.5},
-                   projector=small, predictor={"hidden_channels": 16}, pooled_projector=small,
-                   pooled_predictor={"hidden_channels": 16})
+    model = tiny_poodle(channels)
     with torch.no_grad():
         for p in model.decoder.parameters():  # decoder and target decoder differ: the export takes the online one
             p.add_(0.1)

@@ -20,7 +20,7 @@ from mmseg_plugin.runner import load_cfg, run_test, run_train  # noqa: E402
 from pretrain.data.synthetic import write_cityscapes_layout  # noqa: E402
 from pretrain.models import ResNetEncoder  # noqa: E402
 
-from .conftest import REPO  # noqa: E402
+from .conftest import REPO, tiny_poodle  # noqa: E402
 
 register_all_modules()
 CONFIGS = sorted((REPO / "configs" / "mmseg").glob("*.py"))
@@ -169,13 +169,7 @@ DECODER_TINY = REPO / "configs" / "mmseg" / "deeplabv1_flowssl-r14-poodle-decode
 
 
 def _poodle_checkpoint(tmp_path: Path, channels: int = 64) -> tuple[Path, torch.nn.Module]:
-    from pretrain.objectives.poodle import PooDLe
-
-    torch.manual_seed(0)
-    small = {"hidden_channels": 16, "out_channels": 8}
-    model = PooDLe({"arch": "resnet14", "output_stride": 32}, decoder={"channels": channels, "hidden_factor": 0.5},
-                   projector=small, predictor={"hidden_channels": 16}, pooled_projector=small,
-                   pooled_predictor={"hidden_channels": 16})
+    model = tiny_poodle(channels)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics: eval mode must use them

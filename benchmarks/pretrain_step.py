@@ -1,7 +1,8 @@
 """FlowE training-step cost: pairs/s, peak memory and MFU, for both loss resolutions.
 
 Default setting: the paper's (FlowE §4.2): ResNet-50 OS8, BYOL-sized heads, one-directional loss
-(Algorithm 1), LARS, one optimiser step; on a GPU 2 and 8 frame pairs of 512×1024 per GPU under bf16
+(Algorithm 1), LARS, one optimiser step — ``Trainer.run_step``, the step training runs (its finite
+checks and logging included); on a GPU 2 and 8 frame pairs of 512×1024 per GPU under bf16
 autocast (the trainer's path), on CPU 2 pairs of 256×512 in fp32. Flow is given (``--flow given``,
 the flow network is not timed) or computed by a frozen RAFT-large in fp32 (``--flow raft``, random
 weights: the cost does not depend on them). Prints time per step, pairs/s, the share of the flow
@@ -65,22 +66,26 @@ def _raft_checkpoint() -> str:
 
 def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps: int, device: str, amp: str,
             flow_kind: str, raft_updates: int, symmetric: bool) -> dict[str, float]:
+    from mmengine.config import Config
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pretrain.objectives.flowe import FlowE
-    from pretrain.optim import build_optimizer
+    from pretrain.api import Trainer
 
-    torch.manual_seed(0)
-    dev = torch.device(device)
     flow_cfg = None
     if flow_kind == "raft":
         flow_cfg = {"type": "raft", "size": "large", "checkpoint": _raft_checkpoint(),
                     "num_flow_updates": raft_updates, "amp": False}
     # "image": Algorithm 1 in bands of rows (the default); "image_whole": the straightforward version
-    model = FlowE({"arch": arch, "output_stride": 8}, loss_resolution=resolution.removesuffix("_whole"),
-                  symmetric=symmetric, flow=flow_cfg,
-                  loss_chunk_rows=0 if resolution == "image_whole" else 32).to(dev).train()
-    opt = build_optimizer(model, {"type": "LARS", "lr": 0.1, "weight_decay": 1e-6})
+    model = {"type": "flowe", "encoder": {"arch": arch, "output_stride": 8},
+             "loss_resolution": resolution.removesuffix("_whole"), "symmetric": symmetric, "flow": flow_cfg,
+             "loss_chunk_rows": 0 if resolution == "image_whole" else 32}
+    # no data section: the batch below is fed to run_step; no work dir: nothing is written
+    cfg = Config({"model": model, "optimizer": {"type": "LARS", "lr": 0.1, "weight_decay": 1e-6},
+                  "batch_size": pairs, "max_iters": steps + 2, "checkpoint_interval": steps + 2,
+                  "device": "cpu" if torch.device(device).type == "cpu" else "auto", "seed": 0})
+    trainer = Trainer(cfg)
+    trainer.amp = amp == "bf16"  # the precision asked for, on CPU too (training keeps CPU steps in fp32)
+    dev = trainer.device
     b, (h, w) = pairs, size
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(b, 2, 3).contiguous()
     batch = {"view1": torch.randn(b, 3, h, w), "view2": torch.randn(b, 3, h, w), "affine1": eye, "affine2": eye}
@@ -94,7 +99,8 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
     batch = {k: v.to(dev) for k, v in batch.items()}
 
     part = {"t": 0.0}
-    inner = model.equivariance_loss  # the objective's loss: wrapped on this model only, PooDLe's too
+    objective = trainer.objective
+    inner = objective.equivariance_loss  # the objective's loss: wrapped on this model only, PooDLe's too
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -108,18 +114,13 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
         part["t"] += time.perf_counter() - t0
         return out
 
-    model.equivariance_loss = timed
+    objective.equivariance_loss = timed
     base = torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_mb(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    def step() -> None:  # the trainer's step: objective under autocast, backward and update outside
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            loss = model(batch)["loss"]
-        loss.backward()
-        opt.step()
-        model.after_step(1, 10)
+    def step() -> None:  # the trainer's own step: forward under autocast, checks, update, EMA
+        trainer.run_step([batch])
 
     try:
         step()  # warm-up
@@ -135,7 +136,7 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
         with FlopCounterMode(display=False) as counter:  # after timing: the counter slows the step down
             step()
     finally:
-        del model.equivariance_loss  # the class's loss again
+        del objective.equivariance_loss  # the class's loss again
     return {"step_s": total, "loss_part_s": loss_part, "peak_mb": peak - base,
             "flops": float(counter.get_total_flops())}
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from mmengine.config import Config
 
-from .config import REPO_ROOT, ConfigError, load_config
+from .config import REPO_ROOT, ConfigError, load_config, resolve_config
 from .convert import convert
 from .fileio import write_text_atomic
 
@@ -129,8 +129,7 @@ def trained_checkpoint(runner: Any, work: Path, started: float) -> Path:
 class Bench:
     def __init__(self, plan: str | Path, work_dir: str | Path, seeds: list[int] | None = None,
                  print_commands: bool = False) -> None:
-        if not Path(plan).is_file():
-            raise FileNotFoundError(f"plan {plan} does not exist (presets: {sorted(PRESETS)})")
+        plan = resolve_config(plan, "plan", f"; presets: {sorted(PRESETS)}")
         try:
             self.plan = Config.fromfile(str(plan))
         except Exception as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from .config import ConfigError
+from .config import ConfigError, resolve_config
 from .fileio import CheckpointError, WriteError
 
 # What a user can fix gets one line on stderr and exit code 2, not a traceback (``--debug`` shows it).
@@ -45,9 +45,10 @@ def user_error_message(exc: BaseException) -> str | None:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain an encoder from a config")
-    p.add_argument("config", help="config file (path, or relative to configs/)")
+    # optional only for argparse: '--resume CONFIG' hands the config to --resume (see pretrain_target)
+    p.add_argument("config", nargs="?", help="config file (required; a path, or relative to configs/)")
     p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
-    p.add_argument("--resume", nargs="?", const="latest", choices=("latest", "auto"), default=False,
+    p.add_argument("--resume", nargs="?", const="latest", default=False, metavar="{latest,auto}",
                    help="continue from the newest readable checkpoint in the work dir; '--resume auto' starts "
                         "fresh when there is none (for cluster jobs that are requeued blindly)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={},
@@ -55,13 +56,30 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+def pretrain_target(config: str | None, resume: str | bool) -> tuple[str, str | bool]:
+    """(config, resume mode) of ``flowssl pretrain``. ``--resume`` takes an optional mode, so argparse
+    hands it the next word: in ``--resume CONFIG`` that word is the config, and the mode is 'latest'."""
+    from .trainer import RESUME_MODES
+
+    if resume is not False and resume not in RESUME_MODES:
+        if config is not None:
+            raise ConfigError(f"--resume takes {' or '.join(RESUME_MODES)} (or nothing), got {resume!r}")
+        config, resume = resume, "latest"
+    if config is None:
+        raise ConfigError("flowssl pretrain needs a CONFIG (a path, or relative to configs/)")
+    return config, resume
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .api import Trainer, load_config
 
-    cfg = load_config(args.config, args.cfg_options)
-    work_dir = args.work_dir or str(Path("work_dirs") / Path(args.config).stem)
-    final = Trainer(cfg, work_dir, resume=args.resume).train()
-    print(f"checkpoint: {final}")
+    config, resume = pretrain_target(args.config, args.resume)
+    cfg = load_config(config, args.cfg_options)
+    work_dir = args.work_dir or str(Path("work_dirs") / Path(config).stem)
+    trainer = Trainer(cfg, work_dir, resume=resume)
+    final = trainer.train()
+    if trainer.is_main:  # once, not once per rank
+        print(f"checkpoint: {final}")
     return 0
 
 
@@ -91,7 +109,8 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flow", help="optical flow tools")
     fsub = p.add_subparsers(dest="flow_command", required=True)
     pre = fsub.add_parser("precompute", help="fill a flow cache for a config's frame-pair dataset (resumable)")
-    pre.add_argument("config", help="pretrain config whose data is a frame-pair dataset")
+    pre.add_argument("config", help="pretrain config whose data is a frame-pair dataset (a path, or relative to "
+                                    "configs/)")
     pre.add_argument("--out", required=True,
                      help="cache folder (then set data.flow=dict(type='precomputed', root=...))")
     pre.add_argument("--source", default="dis", help="flow source: dis (default) or raft")
@@ -233,12 +252,12 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     emb.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_embeddings(
         a.checkpoint, a.image, a.out, a.projection, a.stage)))
     pred = ssub.add_parser("predictions", help="an mmseg readout's prediction over an image")
-    pred.add_argument("config")
+    pred.add_argument("config", help="mmseg readout config (a path, or relative to configs/)")
     pred.add_argument("readout_checkpoint")
     pred.add_argument("image")
     pred.add_argument("--out", required=True)
     pred.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_predictions(
-        a.config, a.readout_checkpoint, a.image, a.out)))
+        resolve_config(a.config), a.readout_checkpoint, a.image, a.out)))
 
 
 def _print(path: Path) -> int:
@@ -248,7 +267,7 @@ def _print(path: Path) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a plan: checkpoints × readouts × datasets, then the tables")
-    p.add_argument("plan", nargs="?", help="plan file (configs/bench/*.py)")
+    p.add_argument("plan", nargs="?", help="plan file (a path, or relative to configs/, e.g. bench/tiny.py)")
     p.add_argument("--preset", choices=("tiny",), help="tiny: the CPU reproduction on the synthetic video")
     p.add_argument("--work-dir", help="default: work_dirs/bench_<plan name>")
     p.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
@@ -287,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line: show tracebacks of user errors too
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    from .dist import rank
     from .trainer import TrainingInterrupted
 
     try:
         return args.func(args)
     except TrainingInterrupted as exc:
-        print(f"flowssl: {exc}; continue with --resume", file=sys.stderr)
+        if rank() == 0:  # every rank stops; one says so
+            print(f"flowssl: {exc}; continue with --resume", file=sys.stderr)
         return 128 + exc.signum
     except Exception as exc:
         msg = user_error_message(exc)

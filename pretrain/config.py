@@ -67,15 +67,23 @@ def check_options(cfg: Config, options: dict[str, Any], path: Path) -> None:
                               f"{_did_you_mean(top, known)}")
 
 
+def resolve_config(path: str | Path, what: str = "config file", hint: str = "") -> Path:
+    """The file a config argument names, the same way in every subcommand: the path as given (from
+    the current folder, or absolute), else the same path under ``configs/`` — so
+    ``pretrain/flowe_r50_bdd100k.py`` and ``bench/tiny.py`` work from any folder."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = CONFIG_DIR / given
+    if not given.is_absolute() and shipped.is_file():
+        return shipped
+    raise ConfigError(f"{what} {given} does not exist (configs live under {CONFIG_DIR}{hint})")
+
+
 def load_config(path: str | Path, options: dict[str, Any] | None = None) -> Config:
-    """Load ``path`` (resolving ``_base_``), apply ``--cfg-options`` and check required keys."""
-    path = Path(path)
-    if not path.is_file():
-        alt = CONFIG_DIR / path
-        if alt.is_file():
-            path = alt
-        else:
-            raise ConfigError(f"config file {path} does not exist (configs live under {CONFIG_DIR})")
+    """Load ``path`` (see :func:`resolve_config`; resolving ``_base_``), apply ``--cfg-options`` and
+    check required keys."""
+    path = resolve_config(path)
     try:
         cfg = Config.fromfile(str(path))
     except Exception as exc:

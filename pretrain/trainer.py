@@ -1,4 +1,10 @@
-"""Plain-PyTorch pretraining loop: DDP, SyncBN, AMP, accumulation, exact resume, safe stops."""
+"""The pretraining trainer built from a config: DDP, SyncBN, AMP, accumulation, exact resume, safe stops.
+
+:class:`Trainer` is the loop of :mod:`pretrain.train_loop` with one :meth:`Trainer.run_step` (one
+optimisation step: every guarantee about a step lives there) and the hooks of :mod:`pretrain.hooks`
+around it (checkpoints, metrics, progress, log.txt, signals, the divergence guard). Without a work
+dir it writes nothing: build it in a notebook and call ``run_step()``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,7 @@ import json
 import logging
 import os
 import random
-import re
 import signal
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,29 @@ from . import dist as fdist
 from .config import ConfigError
 from .data.augment import IMAGENET_MEAN, IMAGENET_STD
 from .data.datasets import IterationBatchSampler
-from .fileio import CheckpointError, load_checkpoint, remove_stale_temps, save_atomic, write_text_atomic
+from .fileio import CheckpointError, load_checkpoint, remove_stale_temps, write_text_atomic
+from .hooks import (
+    LOG_FILE,
+    METRICS_FILE,
+    CheckpointHook,
+    DivergenceGuard,
+    MetricsWriter,
+    ProgressBar,
+    SignalHook,
+    TextLog,
+    checkpoints_in,
+    setup_log_to,
+)
 from .optim import build_optimizer, cosine_lr_factor
 from .registry import DATASETS, OBJECTIVES, build_from
+from .train_loop import DivergenceError, HookBase, TrainerBase, TrainingInterrupted
+
+# the loop's errors and the hooks' checkpoints_in are re-exported: callers have always imported them from here
+__all__ = ["DivergenceError", "HookBase", "Trainer", "TrainingInterrupted", "batch_plan", "changed_settings",
+           "checkpoints_in", "data_workers", "flat_settings"]
 
 log = logging.getLogger("flowssl")
 CHECKPOINT_FORMAT = "flowssl-pretrain/1"
-_CKPT_RE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 RESUME_MODES = ("latest", "auto")
@@ -49,23 +69,6 @@ _PATH_SUFFIXES = ("_root", "_dir", "_path", "_file")
 # The probe batch forwarded through the encoder before every checkpoint (fixed seed, own generator).
 PROBE_SHAPE = (2, 3, 64, 64)
 PROBE_SEED = 20
-
-
-class DivergenceError(RuntimeError):
-    """Non-finite loss, gradients or weights that skipping steps did not cure."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised after a SIGTERM/SIGINT once the checkpoint of the current iteration is saved."""
-
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signum}; checkpoint saved to {checkpoint}")
-        self.signum, self.checkpoint = signum, checkpoint
-
-
-def checkpoints_in(work_dir: Path) -> list[tuple[int, Path]]:
-    found = [(int(m.group(1)), p) for p in work_dir.glob("iter_*.pth") if (m := _CKPT_RE.match(p.name))]
-    return sorted(found)
 
 
 def flat_settings(cfg: Config) -> dict[str, Any]:
@@ -179,7 +182,7 @@ def refuse_used_work_dir(work_dir: Path) -> None:
     new run's checkpoints in favour of the old run's higher iterations, ``metrics.jsonl`` would mix
     both, and a later ``--resume`` would continue the old run."""
     found = [p.name for _, p in checkpoints_in(work_dir)]
-    metrics = work_dir / "metrics.jsonl"
+    metrics = work_dir / METRICS_FILE
     if metrics.is_file() and metrics.stat().st_size > 0:
         found.append(metrics.name)
     if not found:
@@ -210,36 +213,55 @@ def prepare_work_dir(work_dir: str | Path) -> Path:
     return path
 
 
-class Trainer:
-    """Builds objective, data and optimiser from a config and runs ``max_iters`` iterations."""
+class Trainer(TrainerBase):
+    """Builds objective, data and optimiser from a config and runs ``max_iters`` iterations.
 
-    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str = False) -> None:
+    ``work_dir`` None (a notebook, a benchmark): nothing is written and no hook but the divergence
+    guard is registered; ``run_step()`` trains one step on the run's next batches. With a work dir,
+    ``train()`` runs to ``max_iters`` with checkpoints, metrics, log.txt and safe stops.
+    """
+
+    def __init__(self, cfg: Config, work_dir: str | Path | None = None, resume: bool | str = False) -> None:
         """``resume``: False (fresh), True/``'latest'`` (the newest readable checkpoint must exist) or
         ``'auto'`` (resume if there is one, else start fresh: what a requeued cluster job wants)."""
+        super().__init__()
         self.cfg = cfg
         if resume is True:
             resume = "latest"
         if resume and resume not in RESUME_MODES:
             raise ConfigError(f"--resume takes {' or '.join(RESUME_MODES)}, got {resume!r}")
+        if resume and work_dir is None:
+            raise ConfigError("resuming needs the work dir that holds the checkpoints")
         self.rank, self.local_rank, self.world = fdist.init_distributed()
         self.is_main = self.rank == 0
-        self.work_dir = prepare_work_dir(work_dir) if self.is_main else Path(work_dir)
-        if self.is_main:
+        self.work_dir: Path | None = None
+        self.checkpointer: CheckpointHook | None = None  # set by build_hooks when there is a work dir
+        if work_dir is not None:
+            self.work_dir = prepare_work_dir(work_dir) if self.is_main else Path(work_dir)
+        with setup_log_to(self.work_dir / LOG_FILE if self.work_dir is not None and self.is_main else None):
+            self._build(resume)
+        self.register_hooks(self.build_hooks())
+
+    def _build(self, resume: str | bool) -> None:
+        """The work-dir checks, objective, optimiser, data and resume (its log lines reach log.txt only
+        if it all succeeds, see ``setup_log_to``)."""
+        cfg = self.cfg
+        if self.is_main and self.work_dir is not None:
             stale = remove_stale_temps(self.work_dir)
             if stale:
                 log.warning("removed %d temp file(s) left by interrupted writes in %s", len(stale), self.work_dir)
             if not resume:
                 refuse_used_work_dir(self.work_dir)
         fdist.barrier()
-        self.max_iters: int = cfg.max_iters
-        self.interval: int = cfg.checkpoint_interval
+        self.max_iters = cfg.max_iters
         self.batch_size: int = cfg.batch_size
-        self.accum, lr_factor = batch_plan(cfg.get("global_batch"), self.batch_size, self.world,
-                                           cfg.get("accum_steps", 1), cfg.get("global_batch_rule", "accumulate"))
+        self.accum, self.lr_factor = batch_plan(cfg.get("global_batch"), self.batch_size, self.world,
+                                                cfg.get("accum_steps", 1), cfg.get("global_batch_rule", "accumulate"))
         self.seed: int = cfg.get("seed", 0)
-        self.max_nonfinite: int = cfg.get("max_nonfinite_steps", 5)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        self.skip_reason: str | None = None  # why the last step was skipped (None: it was not)
+        self._stop_signal: int | None = None
 
         use_cuda = torch.cuda.is_available() and cfg.get("device", "auto") != "cpu"
         self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
@@ -262,22 +284,53 @@ class Trainer:
             self.max_iters = 0
         self.optimizer = build_optimizer(self.objective, dict(cfg.optimizer))
         for group in self.optimizer.param_groups:
-            group["lr"] *= lr_factor
+            group["lr"] *= self.lr_factor
         sched = dict(cfg.get("lr_schedule", {}))
         warmup, min_factor = sched.get("warmup_iters", 0), sched.get("min_lr_factor", 0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr_factor(s, self.max_iters, warmup, min_factor))
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 needs no loss scaling
-        self.dataset = build_from(DATASETS, dict(cfg.data), "dataset", "data", seed=self.seed)
+        # no data section (a benchmark): run_step takes its batches as an argument
+        data = cfg.get("data")
+        self.dataset = None if data is None else build_from(DATASETS, dict(data), "dataset", "data", seed=self.seed)
+        self._batches: Any = None  # the iterator run_step draws from, built on first use
         self.iteration = 0
-        self._stop_signal: int | None = None
         if resume:
             self._resume(resume)
         if self.is_main and self.trainable:
-            effective = self.batch_size * self.world * self.accum
+            scaled = f" (scaled ×{self.lr_factor:.4g} by {cfg.get('global_batch_rule')})" if self.lr_factor != 1 else ""
             log.info("effective batch %d = %d per process × %d process(es) × %d accumulation step(s); lr %.4g%s",
-                     effective, self.batch_size, self.world, self.accum, self.optimizer.param_groups[0]["lr"],
-                     f" (scaled ×{lr_factor:.4g} by {cfg.get('global_batch_rule')})" if lr_factor != 1 else "")
+                     self.effective_batch, self.batch_size, self.world, self.accum,
+                     self.optimizer.param_groups[0]["lr"], scaled)
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.world * self.accum
+
+    def build_hooks(self) -> list[HookBase | None]:
+        """The run's hooks, in the order they run after each step: the guard first (a stopped step
+        leaves no row and no checkpoint), the signal last (it saves what the checkpoint hook did not)."""
+        cfg = self.cfg
+        if self.work_dir is None:
+            return [DivergenceGuard(cfg.get("max_nonfinite_steps", 5))]
+        every = cfg.get("log_interval", 10)
+        self.checkpointer = CheckpointHook(self.work_dir, cfg.checkpoint_interval, cfg.get("keep_checkpoints", 3))
+        main = self.is_main  # files and the terminal: rank 0 only
+        return [
+            DivergenceGuard(cfg.get("max_nonfinite_steps", 5)),
+            TextLog(self.work_dir / LOG_FILE, every, self.describe()) if main else None,
+            ProgressBar(disable=cfg.get("quiet", False)) if main else None,
+            MetricsWriter(self.work_dir, every) if main else None,
+            self.checkpointer,
+            SignalHook(self.checkpointer),
+        ]
+
+    def describe(self) -> str:
+        """One line on what this run trains, for the start of log.txt."""
+        name = Path(self.cfg.filename).stem if self.cfg.filename else "config"
+        return (f"{name}, method {self.objective.meta['method']}, effective batch {self.effective_batch} "
+                f"({self.world} process(es) × {self.batch_size} × {self.accum} accumulation step(s)), "
+                f"{self.device}{', bf16 autocast' if self.amp else ''}")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -288,6 +341,23 @@ class Trainer:
             "config_name": Path(self.cfg.filename).stem if self.cfg.filename else None,
             "pixel_mean": list(IMAGENET_MEAN), "pixel_std": list(IMAGENET_STD), "input_format": "RGB",
             "format": CHECKPOINT_FORMAT,
+        }
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``iter_*.pth`` holds: enough to resume bit for bit, and the encoder for a readout."""
+        return {
+            "encoder": self.objective.encoder.state_dict(),
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "iteration": self.iteration,
+            # a requeued job must not restart its count of bad steps, or a NaN flow runs forever
+            "nonfinite": {"in_row": self.nonfinite_in_row, "total": self.nonfinite_total},
+            # the resolved config as JSON text: a resume compares it without executing anything
+            "settings": json.dumps(flat_settings(self.cfg), sort_keys=True),
+            "meta": self.meta(),
         }
 
     def check_finite_weights(self) -> None:
@@ -307,7 +377,8 @@ class Trainer:
         own generator and eval-mode BN, so the RNG streams and BN statistics (and an exact resume)
         are untouched."""
         encoder = self.objective.encoder
-        probe = torch.randn(PROBE_SHAPE, generator=torch.Generator().manual_seed(PROBE_SEED)).to(self.device)
+        probe = torch.randn(PROBE_SHAPE, generator=torch.Generator().manual_seed(PROBE_SEED), device="cpu")
+        probe = probe.to(self.device)  # on the CPU first: the generator's device, whatever torch's default
         was_training = encoder.training
         encoder.eval()
         try:
@@ -325,32 +396,10 @@ class Trainer:
                 "with a lower optimizer.lr in another --work-dir")
 
     def save_checkpoint(self) -> Path:
-        path = self.work_dir / f"iter_{self.iteration:07d}.pth"
-        self.check_finite_weights()
-        self.check_probe_features()
-        if self.is_main:
-            state = {
-                "encoder": self.objective.encoder.state_dict(),
-                "model": self.objective.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(),
-                "iteration": self.iteration,
-                # a requeued job must not restart its count of bad steps, or a NaN flow runs forever
-                "nonfinite": {"in_row": self.nonfinite_in_row, "total": self.nonfinite_total},
-                # the resolved config as JSON text: a resume compares it without executing anything
-                "settings": json.dumps(flat_settings(self.cfg), sort_keys=True),
-                "meta": self.meta(),
-            }
-            save_atomic(state, path)
-            keep = self.cfg.get("keep_checkpoints", 3)
-            if keep > 0:  # never the one just written (a stale higher iteration sorts after it)
-                older = [old for it, old in checkpoints_in(self.work_dir) if it < self.iteration]
-                for old in older[: max(0, len(older) - (keep - 1))]:
-                    old.unlink(missing_ok=True)
-        fdist.barrier()
-        return path
+        """Save the current iteration now (checked, atomic, rotated): what the hooks do."""
+        if self.checkpointer is None:
+            raise ConfigError("this trainer has no work dir to save a checkpoint in")
+        return self.checkpointer.save()
 
     def _newest_readable(self, mode: str) -> tuple[Path, dict[str, Any]] | None:
         """The newest checkpoint that loads; unreadable newer ones (a zero-byte file after a kill,
@@ -372,7 +421,8 @@ class Trainer:
                                   "start fresh, or use '--resume auto' (resume if there is one, else start)")
         if self.is_main:
             log.info("--resume auto: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
-            self._truncate_metrics()  # rows of a run that died before its first checkpoint
+            # rows of a run that died before its first checkpoint
+            MetricsWriter.drop_rows_after(self.work_dir, self.iteration)
         return None
 
     def _resume(self, mode: str) -> None:
@@ -407,7 +457,7 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         if self.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
-            self._truncate_metrics()
+            MetricsWriter.drop_rows_after(self.work_dir, self.iteration)
 
     def _check_settings(self, path: Path, ckpt: dict[str, Any]) -> None:
         """Refuse to continue a run under settings other than its own (a config edited since, or a
@@ -432,35 +482,12 @@ class Trainer:
                 "the run's own settings (only paths, workers, device, logging, max_iters and checkpoint_interval "
                 "may change), or start the new settings in another --work-dir")
 
-    def _truncate_metrics(self) -> None:
-        """Drop metrics rows past the resumed iteration (they are about to be recomputed)."""
-        path = self.work_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the kill
-                continue
-            if isinstance(row, dict) and row.get("iteration", 0) <= self.iteration:
-                keep.append(line)
-        write_text_atomic("".join(f"{line}\n" for line in keep), path)
-
-    # -- loop -----------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._stop_signal = signum
-
-    def _should_stop(self) -> int | None:
-        """Agree on stopping across ranks so no rank waits in an all-reduce alone."""
-        sig = self._stop_signal or 0
-        if self.world > 1:
-            t = torch.tensor([sig], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            sig = int(t.item())
-        return sig or None
-
-    def _loader(self) -> DataLoader:
+    # -- data -----------------------------------------------------------------------------------
+    def build_loader(self) -> DataLoader:
+        """The run's batches from the current iteration on: ``accum`` micro-batches per iteration,
+        numbered so that a resume (or another world size) draws the same samples."""
+        if self.dataset is None:
+            raise ConfigError("the config has no 'data' section: pass the batches to run_step(batches)")
         sampler = IterationBatchSampler(self.iteration, self.max_iters, self.batch_size, self.accum,
                                         self.rank, self.world)
         workers = data_workers(self.cfg.get("num_workers", 0))
@@ -469,7 +496,25 @@ class Trainer:
                           prefetch_factor=2 if workers else None,
                           worker_init_fn=_ignore_stop_signals if workers else None)
 
-    def _step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def next_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The ``accum`` micro-batches of the next iteration."""
+        if self._batches is None:
+            self._batches = iter(self.build_loader())
+        try:
+            return [next(self._batches) for _ in range(self.accum)]
+        except StopIteration:
+            raise RuntimeError(f"no batches past max_iters ({self.max_iters}); raise max_iters to train on") from None
+
+    # -- one step -------------------------------------------------------------------------------
+    def run_step(self, batches: list[dict[str, torch.Tensor]] | None = None) -> dict[str, float]:
+        """Exactly one optimisation step on ``accum`` micro-batches (the run's next ones when None),
+        gradients summed over them (and all-reduced by DDP), the objective under bf16 autocast when
+        ``amp``; then the lr schedule and ``iteration`` advance by one. A step whose loss, logged
+        outputs or gradient is non-finite, or whose dense loss saw no valid pixel, updates nothing
+        (BN statistics restored, no weight decay, no EMA) and is counted; the schedule and samples
+        still advance. Returns the step's scalars (means over ranks)."""
+        if batches is None:
+            batches = self.next_batches()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         # BN statistics move in the forward pass: keep a copy so a skipped step leaves no NaN behind
@@ -500,6 +545,7 @@ class Trainer:
         empty = logs.get("valid_fraction", 1.0) == 0
         if not bad and not empty:
             self.nonfinite_in_row = 0
+            self.skip_reason = None
             self.optimizer.step()
             self.scheduler.step()
             self.iteration += 1
@@ -509,16 +555,11 @@ class Trainer:
             self.nonfinite_total += 1
             torch._foreach_copy_(buffers, saved)
             self.optimizer.zero_grad(set_to_none=True)
-            reason = (f"non-finite {', '.join(f'{k} {logs[k]}' for k in bad)}" if bad
-                      else "no valid pixel (every flow correspondence occluded or outside the views)")
-            log.warning("iteration %d: %s, update skipped (%d in a row, %d in all)",
-                        self.iteration + 1, reason, self.nonfinite_in_row, self.nonfinite_total)
-            if self.nonfinite_in_row >= self.max_nonfinite:
-                raise DivergenceError(
-                    f"{self.nonfinite_in_row} iterations in a row (up to {self.iteration + 1}) were skipped, the last "
-                    f"for {reason} (max_nonfinite_steps={self.max_nonfinite}); stopped without saving. Check the "
-                    "input data (a NaN flow or image, a flow occluded everywhere) and resume from the last checkpoint, "
-                    "or train again with a lower optimizer.lr in another --work-dir")
+            self.skip_reason = (f"non-finite {', '.join(f'{k} {logs[k]}' for k in bad)}" if bad
+                                else "no valid pixel (every flow correspondence occluded or outside the views)")
+            if self.is_main:
+                log.warning("iteration %d: %s, update skipped (%d in a row, %d in all)", self.iteration + 1,
+                            self.skip_reason, self.nonfinite_in_row, self.nonfinite_total)
             with warnings.catch_warnings():  # skipping the optimiser step here is deliberate
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
                 self.scheduler.step()
@@ -527,57 +568,33 @@ class Trainer:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
-    def train(self) -> Path:
-        """Run to ``max_iters``; returns the final checkpoint. Raises TrainingInterrupted on a signal."""
-        if self.is_main:
+    # -- stopping -------------------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Ask the run to save and stop after the current step (what SIGTERM/SIGINT do)."""
+        self._stop_signal = signum
+
+    def agreed_stop_signal(self) -> int | None:
+        """The signal to stop on, agreed across ranks so no rank waits in an all-reduce alone."""
+        sig = self._stop_signal or 0
+        if self.world > 1:
+            t = torch.tensor([sig], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            sig = int(t.item())
+        return sig or None
+
+    # -- the run --------------------------------------------------------------------------------
+    def train(self) -> Path | None:
+        """Run to ``max_iters``; returns the final checkpoint (None without a work dir). Raises
+        TrainingInterrupted on a signal, DivergenceError when the guard or a checkpoint check stops it."""
+        if self.is_main and self.work_dir is not None:
             write_text_atomic(self.cfg.pretty_text, self.work_dir / "config.py")
         if not self.trainable:
-            return self.save_checkpoint()
+            return self.checkpointer.save() if self.checkpointer is not None else None
         if self.iteration >= self.max_iters:
-            return checkpoints_in(self.work_dir)[-1][1]
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        writer = None
-        metrics = None
-        bar = None
+            return checkpoints_in(self.work_dir)[-1][1] if self.work_dir is not None else None
+        self._batches = iter(self.build_loader())  # its workers ignore SIGTERM (see _ignore_stop_signals)
         try:
-            if self.is_main:
-                from torch.utils.tensorboard import SummaryWriter
-                from tqdm import tqdm
-
-                # purge_step: a resumed run overwrites the events past its checkpoint, not duplicates them
-                writer = SummaryWriter(str(self.work_dir / "tensorboard"), purge_step=self.iteration + 1)
-                metrics = open(self.work_dir / "metrics.jsonl", "a")  # noqa: SIM115
-                bar = tqdm(total=self.max_iters, initial=self.iteration, desc="pretrain",
-                           dynamic_ncols=True, disable=self.cfg.get("quiet", False))
-            it = iter(self._loader())
-            log_every = self.cfg.get("log_interval", 10)
-            t0 = time.perf_counter()
-            while self.iteration < self.max_iters:
-                logs = self._step([next(it) for _ in range(self.accum)])
-                logs["time"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                if self.is_main:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.3g}")
-                    if self.iteration % log_every == 0 or self.iteration == self.max_iters:
-                        metrics.write(json.dumps({"iteration": self.iteration, **logs}) + "\n")
-                        metrics.flush()
-                        for k, v in logs.items():
-                            writer.add_scalar(f"train/{k}", v, self.iteration)
-                done = self.iteration == self.max_iters
-                if done or self.iteration % self.interval == 0:
-                    path = self.save_checkpoint()
-                if (sig := self._should_stop()) is not None:
-                    if not (done or self.iteration % self.interval == 0):
-                        path = self.save_checkpoint()
-                    raise TrainingInterrupted(sig, path)
-            return path
+            super().train()
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            if bar is not None:
-                bar.close()
-            if writer is not None:
-                writer.close()
-            if metrics is not None:
-                metrics.close()
+            self._batches = None  # the workers end with the run
+        return self.checkpointer.last if self.checkpointer is not None else None

@@ -129,15 +129,15 @@ def test_resume_keeps_the_skipped_step_counts_and_the_weights_exact(tmp_path):
 
     cut = Trainer(cfg, tmp_path / "cut")
     _nan_at(cut, {2})
-    step = cut._step
+    step = cut.run_step
 
-    def step_then_stop(batches):
-        logs = step(batches)
+    def step_then_stop():
+        logs = step()
         if cut.iteration == 3:
             cut._stop_signal = 15  # what the SIGTERM handler records
         return logs
 
-    cut._step = step_then_stop
+    cut.run_step = step_then_stop
     with pytest.raises(TrainingInterrupted):
         cut.train()
     resumed = load_checkpoint(Trainer(cfg, tmp_path / "cut", resume=True).train())

@@ -40,15 +40,15 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tmp_path):
     full = load_checkpoint(Trainer(cfg, tmp_path / "full").train())
 
     trainer = Trainer(cfg, tmp_path / "cut")
-    step = trainer._step
+    step = trainer.run_step
 
-    def step_then_signal(batches):
-        logs = step(batches)
+    def step_then_signal():
+        logs = step()
         if trainer.iteration == 2:  # a real signal, delivered mid-interval
             os.kill(os.getpid(), signal.SIGTERM)
         return logs
 
-    trainer._step = step_then_signal
+    trainer.run_step = step_then_signal
     with pytest.raises(TrainingInterrupted) as info:
         trainer.train()
     assert info.value.checkpoint.name == "iter_0000002.pth"

@@ -582,6 +582,16 @@ class Trainer(TrainerBase):
             sig = int(t.item())
         return sig or None
 
+    def _end_workers(self) -> None:
+        """Stop the DataLoader workers now, not when the iterator is collected: they ignore SIGTERM
+        (preemption reaches the whole process group), so a worker still alive at interpreter exit —
+        the iterator kept by an exception's traceback after a failed run — would make
+        multiprocessing's exit handler wait for it forever."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean stop of its workers
+        if shutdown is not None:
+            shutdown()
+
     # -- the run --------------------------------------------------------------------------------
     def train(self) -> Path | None:
         """Run to ``max_iters``; returns the final checkpoint (None without a work dir). Raises
@@ -596,5 +606,5 @@ class Trainer(TrainerBase):
         try:
             super().train()
         finally:
-            self._batches = None  # the workers end with the run
+            self._end_workers()
         return self.checkpointer.last if self.checkpointer is not None else None

@@ -255,3 +255,31 @@ def test_a_short_config_name_resolves_the_same_in_every_subcommand(tmp_path, mon
         err = capsys.readouterr().err
         assert "pretrain/nope.py does not exist (configs live under" in err and "Traceback" not in err, (argv, err)
     assert [i for i, _ in checkpoints_in(tmp_path / "p")] == [1]
+
+
+# -- a failed run leaves no worker behind ------------------------------------------------------------
+
+def test_a_run_that_fails_in_its_workers_leaves_no_worker_alive(tmp_path, capsys):
+    """Workers ignore SIGTERM (preemption), so multiprocessing's exit handler cannot terminate one:
+    a worker still alive after a failed run made the interpreter (the test suite, a notebook kernel)
+    wait for it forever at exit. The run must stop its workers itself, whatever keeps the exception."""
+    import multiprocessing
+
+    from .test_faults import _frames, _textured
+
+    _frames(tmp_path / "frames" / "seq", [_textured(3, 64, 128)] * 6)
+    for f in sorted((tmp_path / "frames" / "seq").glob("*.png"))[:4]:
+        f.write_bytes(b"not an image")
+    cfg = tmp_path / "frames_cfg.py"
+    cfg.write_text(f"_base_ = [{str(REPO / 'configs/pretrain/flowe_r14_synthetic_demo.py')!r}]\n"
+                   f"data = dict(type='FrameFolderPairs', _delete_=True, root={str(tmp_path / 'frames')!r}, "
+                   "interval=1, crop_size=(32, 64), scale_range=(1.0, 1.0), flow=dict(type='identity'), "
+                   "max_bad_fraction=0.01)\n")
+    before = set(multiprocessing.active_children())
+    opts = cli_options({k: v for k, v in TINY.items() if not k.startswith("data.")} | {"num_workers": 1})
+    for debug in ([], ["--debug"]):  # --debug prints the traceback, which holds the loader's iterator
+        assert main([*debug, "pretrain", str(cfg), "--work-dir", str(tmp_path / f"w{len(debug)}"),
+                     "--cfg-options", *opts]) == 2
+        left = [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
+        assert left == [], left
+    capsys.readouterr()

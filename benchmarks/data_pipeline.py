@@ -128,8 +128,8 @@ def main() -> None:
         root = Path(tmp)
         frames_root, video = write_inputs(root, 32, size)
         if "precomputed" in args.sources:
+            from flowssl.flow_tools import precompute_cache
             from pretrain.flow.sources import build_flow_source
-            from pretrain.flow.tools import precompute_cache
 
             ds = build("dis", "frames", frames_root, video, root / "cache", size)
             precompute_cache(ds.pairs[:4], [ds.pair_key(a, b) for a, b in ds.pairs[:4]], root / "cache",

@@ -20,8 +20,7 @@ from typing import IO, Any
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint import detection_checkpoint as _d2
 
-from pretrain.convert import NumpyOnlyUnpickler
-from pretrain.fileio import CheckpointError, numpy_safe_globals, safe_torch_load
+from pretrain.fileio import CheckpointError, NumpyOnlyUnpickler, numpy_safe_globals, safe_torch_load
 
 
 def _a_dict(obj: Any, filename: str, what: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pretrain.readout import SUBSET_RULE, SYNTHETIC_CLASSES, select_subset, subset_list_text
+from pretrain.readout import SYNTHETIC_CLASSES, select_subset, subset_list_text
 
 # FlowE §4.1: BDD100K detection with the 8 Cityscapes instance classes. BDD100K's "pedestrian"
 # (det_20) / "person" (scalabel) map to person; "other person", "other vehicle", "trailer",
@@ -216,9 +216,7 @@ def label_subset(dicts: Sequence[dict[str, Any]], fraction: float, seed: int) ->
 def label_subset_text(subset: Sequence[dict[str, Any]], total: int, fraction: float, seed: int,
                       datasets: Sequence[str]) -> str:
     """``label_subset.txt``: a header saying how the list was drawn, then one file_name per line (sorted)."""
-    header = (f"flowssl label subset: fraction {fraction}, seed {seed}: {len(subset)} of {total} training images "
-              f"of {', '.join(datasets)}", f"rule: {SUBSET_RULE}")
-    return subset_list_text(sorted(str(d["file_name"]) for d in subset), header)
+    return subset_list_text(sorted(str(d["file_name"]) for d in subset), total, fraction, seed, ", ".join(datasets))
 
 
 def voc_root(root: Path) -> Path:

@@ -98,7 +98,8 @@ class LabelFractionDataset:
         """Write the kept image files, one per line (main process only; atomically)."""
         self.full_init()
         if is_main_process():
-            write_text_atomic(subset_list_text(self.files), path)
+            source = type(self.dataset).__name__
+            write_text_atomic(subset_list_text(self.files, self.total, self.fraction, self.seed, source), path)
         return Path(path)
 
     def get_data_info(self, idx: int) -> dict:

@@ -1,6 +1,6 @@
-"""The public API; importing it registers every objective and dataset."""
+"""The public API for scripts and notebooks (the registries import their own modules on first
+lookup, so nothing here is needed for registration)."""
 
-from . import data, objectives  # noqa: F401  (registration side effects)
 from .config import ConfigError, load_config
 from .fileio import CheckpointError, load_checkpoint
 from .trainer import Trainer, TrainingInterrupted

@@ -16,8 +16,9 @@ REQUIRED_KEYS = ("model", "data", "optimizer", "batch_size", "max_iters", "check
 OPTIONAL_KEYS = ("seed", "deterministic", "device", "amp", "sync_bn", "accum_steps", "global_batch",
                  "global_batch_rule", "num_workers", "log_interval", "keep_checkpoints", "lr_schedule",
                  "max_nonfinite_steps", "quiet")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
+# The shipped configs: pretrain/configs is a symlink to the repository's configs/ in a checkout and
+# a copy of it inside an installed wheel (pyproject's package-data), so they are found by name either way.
+CONFIG_DIR = (Path(__file__).resolve().parent / "configs").resolve()
 
 
 class ConfigError(ValueError):
@@ -69,14 +70,17 @@ def check_options(cfg: Config, options: dict[str, Any], path: Path) -> None:
 
 def resolve_config(path: str | Path, what: str = "config file", hint: str = "") -> Path:
     """The file a config argument names, the same way in every subcommand: the path as given (from
-    the current folder, or absolute), else the same path under ``configs/`` — so
-    ``pretrain/flowe_r50_bdd100k.py`` and ``bench/tiny.py`` work from any folder."""
+    the current folder, or absolute), else the same path under the shipped ``configs/`` — so
+    ``pretrain/flowe_r50_bdd100k.py``, ``configs/bench/tiny.py`` (a plan's spelling) and ``bench/tiny.py``
+    work from any folder and from an installed wheel."""
     given = Path(path)
     if given.is_file():
         return given
-    shipped = CONFIG_DIR / given
-    if not given.is_absolute() and shipped.is_file():
-        return shipped
+    if not given.is_absolute():
+        inside = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) and len(given.parts) > 1 else given
+        for shipped in (CONFIG_DIR / given, CONFIG_DIR / inside):
+            if shipped.is_file():
+                return shipped
     raise ConfigError(f"{what} {given} does not exist (configs live under {CONFIG_DIR}{hint})")
 
 

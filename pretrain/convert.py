@@ -12,6 +12,7 @@ import hashlib
 import json
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fileio import CheckpointError, atomic_path, load_checkpoint, write_text_atomic
-from .readout import ARCH_DEPTH, IMAGENET_MEAN, IMAGENET_STD, arch_of_blocks
+from .fileio import CheckpointError, NumpyOnlyUnpickler, atomic_path, load_checkpoint, write_text_atomic
+from .readout import arch_of_blocks
 
 # Known layouts: name → prefixes the encoder's keys may carry (first match wins).
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -103,19 +104,6 @@ class Encoder:
 
 
 # -- reading -----------------------------------------------------------------------------------------
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles detectron2 weight files (dicts of numpy arrays) and refuses any other global."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
-
 
 def _read_raw(path: Path) -> tuple[dict[str, Any], bool]:
     """(object, is_detectron2_pickle)."""
@@ -302,77 +290,6 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
-def d2_config_hints(enc: Encoder) -> dict[str, Any]:
-    """What a detectron2 config needs to read this encoder as it was trained (RGB, 0–255 scale)."""
-    os_ = int(enc.meta.get("output_stride", 32))
-    return {
-        "MODEL.PIXEL_MEAN": [round(m * 255, 3) for m in enc.meta.get("pixel_mean", IMAGENET_MEAN)],
-        "MODEL.PIXEL_STD": [round(s * 255, 3) for s in enc.meta.get("pixel_std", IMAGENET_STD)],
-        "INPUT.FORMAT": "RGB",
-        "MODEL.RESNETS.STRIDE_IN_1X1": False,
-        "MODEL.RESNETS.DEPTH": ARCH_DEPTH.get(enc.arch, enc.arch),
-        "MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE": os_,
-        "MODEL.FLOWSSL.RES4_DILATION": 2 if os_ == 8 else 1,
-        "MODEL.FLOWSSL.RES5_DILATION": {8: 4, 16: 2}.get(os_, 1),
-    }
-
-
-# the depths detectron2's own ResNet builds that flowssl pretrains, with a model-zoo C4 config of that depth
-STOCK_D2_DEPTHS = {arch: (ARCH_DEPTH[arch], zoo) for arch, zoo in (("resnet50", "faster_rcnn_R_50_C4_1x.yaml"),
-                                                                   ("resnet101", "faster_rcnn_R_101_C4_3x.yaml"))}
-
-
-def d2_stock_fragment(enc: Encoder, weights: Path) -> str | None:
-    """A YAML fragment that makes detectron2's *stock* ResNet configs (model zoo, ``tools/train_net.py``)
-    read these weights as they were trained; None where the stock ResNet has no such depth.
-
-    A stock config otherwise loads the converted file without a warning but computes different
-    features: ``STRIDE_IN_1X1=True`` (MSRA's stride in the 1x1 conv, torchvision strides the 3x3),
-    BGR input and MSRA's pixel statistics (std 1).
-
-    detectron2 merges YAML with ``yaml.unsafe_load`` when ``safe_load`` refuses a tag, so nothing read
-    from a checkpoint is written as text: the body is ``yaml.safe_dump`` of checked values (method and
-    arch names are :data:`SAFE_NAME`, numbers are numbers), and the comments are fixed text."""
-    import yaml
-
-    if enc.arch not in STOCK_D2_DEPTHS:
-        return None
-    hints = d2_config_hints(enc)
-    os_ = hints["MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE"]
-    depth, zoo = STOCK_D2_DEPTHS[enc.arch]
-    method = enc.meta.get("method", "unknown")
-    if not SAFE_NAME.fullmatch(str(method)):  # read_encoder checks; a hand-made Encoder is checked here
-        raise CheckpointError(f"method name {method!r} is not a plain name ({SAFE_NAME.pattern})")
-    lines = [
-        f"# detectron2 config fragment written by `flowssl convert` ({method}, {enc.arch}, pretraining output "
-        f"stride {os_}).",
-        "# It makes a stock detectron2 ResNet config read the weights as they were trained: torchvision's",
-        "# bottleneck (stride in the 3x3 conv), RGB input, ImageNet statistics on the 0-255 scale. Without it",
-        "# a stock config loads the file silently but computes other features (STRIDE_IN_1X1, BGR, MSRA mean/std).",
-        "# NORM FrozenBN: the weights carry BatchNorm statistics.",
-        "# Use: set _BASE_ to the model-zoo config you train (uncomment the line below), then",
-        "#   python <detectron2>/tools/train_net.py --config-file THIS.yaml --num-gpus 8 OUTPUT_DIR out",
-    ]
-    if os_ != 32:
-        lines += [f"# Pretrained at output stride {os_} (dilated res4/res5): the stock ResNet runs these weights",
-                  "# at its standard strides (RES5_DILATION only dilates a backbone res5, not the C4 ROI head's).",
-                  "# flowssl's configs/d2 (MODEL.FLOWSSL.RES4_DILATION/RES5_DILATION) keep the pretraining layout."]
-    lines.append(f'# _BASE_: "<detectron2>/configs/COCO-Detection/{zoo}"')
-    body = {
-        "MODEL": {
-            "WEIGHTS": str(weights.resolve()),
-            "PIXEL_MEAN": [float(v) for v in hints["MODEL.PIXEL_MEAN"]],
-            "PIXEL_STD": [float(v) for v in hints["MODEL.PIXEL_STD"]],
-            "RESNETS": {"DEPTH": depth, "STRIDE_IN_1X1": False, "NORM": "FrozenBN", "RES5_DILATION": 1},
-        },
-        "INPUT": {"FORMAT": "RGB"},
-    }
-    text = "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=1000)
-    if yaml.safe_load(text) != body:  # what detectron2 merges must be exactly this data
-        raise CheckpointError(f"the detectron2 fragment for {weights} does not read back as written")
-    return text
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -404,11 +321,20 @@ def _check_outputs(src: Path, outputs: list[Path], force: bool) -> None:
                                       f"(convert writes {', '.join(q.name for q in outputs)})")
 
 
+# What a framework adapter adds to a conversion (its config keys, its own files): given the encoder
+# and the output path, sidecar entries and {path: text} files to write beside the weights.
+FrameworkFiles = Callable[[Encoder, Path], tuple[dict[str, Any], dict[Path, str]]]
+
+
 def convert(src: str | Path, target: str, out: str | Path, source: str = "auto", allow_missing: bool = False,
-            drop_heads: bool = False, with_decoder: bool = False, force: bool = False) -> dict[str, Any]:
-    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json`` (and, for detectron2's
-    ResNet-50/101, the ``.yaml`` fragment beside it); returns the sidecar. An existing output file is
-    replaced only with ``force``; the input never is.
+            drop_heads: bool = False, with_decoder: bool = False, force: bool = False,
+            framework_files: FrameworkFiles | None = None) -> dict[str, Any]:
+    """Convert ``src`` to ``target`` at ``out`` (atomically) plus ``out.json``; returns the sidecar. An
+    existing output file is replaced only with ``force``; the input never is.
+
+    ``framework_files``: the adapter's part (``d2_plugin.export.detectron2_files`` writes the
+    ``MODEL.FLOWSSL`` hints and the stock-detectron2 ``.yaml`` fragment); the library knows no
+    framework's config keys. ``d2_plugin.export.convert`` passes it for ``--to detectron2``.
 
     ``with_decoder`` (mmseg only): also export PooDLe's spatial decoder, for its authors' protocol of
     reading out through it (``FlowsslResNet(decoder=...)``); the default exports the encoder alone."""
@@ -424,10 +350,9 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     _check_outputs(Path(src), [out, sidecar_path], force)  # before reading: fail fast
     enc = read_encoder(src, source, drop_heads)
     missing = check_complete(enc, allow_missing)
-    yaml_path = out.with_suffix(".yaml")
-    fragment = d2_stock_fragment(enc, out) if target == "detectron2" else None
-    if fragment is not None:  # a hand-written X.yaml beside X.pkl is an output too
-        _check_outputs(Path(src), [out, sidecar_path, yaml_path], force)
+    extra_sidecar, extra_files = framework_files(enc, out) if framework_files is not None else ({}, {})
+    if extra_files:  # a hand-written X.yaml beside X.pkl is an output too
+        _check_outputs(Path(src), [out, sidecar_path, *extra_files], force)
     with atomic_path(out) as tmp:
         if target == "detectron2":
             payload = {"model": to_detectron2(enc.state), "__author__": "flowssl", "matching_heuristics": True,
@@ -455,15 +380,13 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
         "keys_in": len(enc.state), "keys_out": n_out, "dropped_keys": len(enc.dropped), "missing_keys": missing,
         "sha256": _sha256(out), "decoder": dict(decoder[1], stages=list(decoder[1]["stages"])) if decoder else None,
     }
-    if target == "detectron2":
-        sidecar["detectron2_config"] = d2_config_hints(enc)
-        sidecar["detectron2_yaml"] = None
-        if fragment is not None:  # for detectron2's own tools/train_net.py and model-zoo configs
-            sidecar["detectron2_yaml"] = str(write_text_atomic(fragment, yaml_path))
+    sidecar.update(extra_sidecar)
+    for path, text in extra_files.items():
+        write_text_atomic(text, path)
     write_text_atomic(json.dumps(sidecar, indent=2), sidecar_path)
     return sidecar
 
 
 __all__ = ["LAYOUTS", "SAFE_NAME", "TARGETS", "Encoder", "check_complete", "checked_meta", "convert",
-           "d2_config_hints", "d2_stock_fragment", "d2_to_torchvision_name", "decoder_config", "read_decoder",
+           "d2_to_torchvision_name", "decoder_config", "read_decoder",
            "read_encoder", "to_detectron2", "torchvision_to_d2_name"]

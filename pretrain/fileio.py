@@ -6,6 +6,7 @@ import contextlib
 import errno
 import functools
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -123,6 +124,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 @functools.cache
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles detectron2 weight files (dicts of numpy arrays) and refuses any other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+
+
 def numpy_safe_globals() -> tuple[Any, ...]:
     """numpy arrays, scalars and dtypes as data: ``_reconstruct``/``scalar`` rebuild an array or a
     scalar from a shape, a dtype and bytes — they construct data and can call nothing else."""

@@ -116,9 +116,17 @@ def select_subset(paths: Sequence[str | os.PathLike[str]], fraction: Any, seed: 
     return sorted(rank[:subset_size(fraction, len(names))])
 
 
-def subset_list_text(files: Sequence[str], header: Sequence[str] = ()) -> str:
-    """``label_subset.txt``: ``header`` lines as ``#`` comments, then one image path per line."""
+def subset_list_text(files: Sequence[str], total: int, fraction: float, seed: int, source: str) -> str:
+    """``label_subset.txt``, the same in both frameworks: two ``#`` lines saying how the list was drawn
+    (fraction, seed, kept of total, from which training set; the rule), then one image path per line."""
+    header = (f"flowssl label subset: fraction {fraction}, seed {seed}: {len(files)} of {total} training images "
+              f"of {source}", f"rule: {SUBSET_RULE}")
     return "".join(f"# {line}\n" for line in header) + "".join(f"{f}\n" for f in files)
+
+
+def read_subset_list(path: str | os.PathLike[str]) -> list[str]:
+    """The image paths a ``label_subset.txt`` lists (its ``#`` header lines skipped)."""
+    return [line for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
 
 
 # -- results.json ------------------------------------------------------------------------------------

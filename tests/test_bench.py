@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pretrain.cli import main
+from flowssl.cli import main
 
 from .conftest import REPO
 
@@ -72,7 +72,7 @@ def test_every_shipped_plan_passes_the_plan_check(path):
     """Each plan in configs/bench (``_base_`` inheritance included) is checked before compute is spent."""
     from mmengine import Config
 
-    from pretrain.bench import check_plan
+    from flowssl.bench import check_plan
 
     plan = Config.fromfile(str(path))
     check_plan(plan, path)

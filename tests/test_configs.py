@@ -112,7 +112,7 @@ def test_flow_precompute_takes_the_configs_raft_settings(tmp_path, monkeypatch):
     """One key picks FlowE's RAFT weights (issue 21.8): `flowssl flow precompute --source raft` builds the
     config's model.flow (weights, iterations, α) — not torchvision's defaults — and --checkpoint wins."""
     import pretrain.flow.sources as sources
-    from pretrain.cli import main
+    from flowssl.cli import main
 
     frames = tmp_path / "frames" / "seq"
     frames.mkdir(parents=True)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torchvision.models import resnet50
 
-from pretrain.cli import main
-from pretrain.convert import convert, d2_to_torchvision_name, read_encoder, torchvision_to_d2_name
+from d2_plugin.export import convert
+from flowssl.cli import main
+from pretrain.convert import d2_to_torchvision_name, read_encoder, torchvision_to_d2_name
 from pretrain.fileio import CheckpointError
 from pretrain.models import ResNetEncoder
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from d2_plugin.datasets import BDD100K_CLASSES, load_bdd100k_det, load_synthetic_instances
-from pretrain.convert import convert
+from d2_plugin.export import convert
 from pretrain.data.synthetic import write_cityscapes_layout
 from pretrain.models import ResNetEncoder
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.convert import convert
+from d2_plugin.export import convert
 from pretrain.models import ResNetEncoder
 from pretrain.readout import IMAGENET_MEAN as PIXEL_MEAN_01
 from pretrain.readout import IMAGENET_STD as PIXEL_STD_01

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from flowssl.cli import main
 from pretrain.api import CheckpointError, ConfigError, Trainer, load_config
-from pretrain.cli import main
 from pretrain.convert import convert
 from pretrain.fileio import load_checkpoint, save_atomic, write_text_atomic
 from pretrain.trainer import DivergenceError, batch_plan, checkpoints_in
@@ -200,7 +200,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp
     cut = tmp_path / "cut"
     # the same thread count as this process, so float sums happen in the same order in both runs
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain.cli", "pretrain", str(DEMO_CONFIG), "--work-dir", str(cut),
+    proc = subprocess.Popen([sys.executable, "-m", "flowssl.cli", "pretrain", str(DEMO_CONFIG), "--work-dir", str(cut),
                              "--cfg-options", *cli_options(opts)], env=env, cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     metrics = cut / "metrics.jsonl"

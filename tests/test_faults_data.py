@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.cli import main
+from flowssl.cli import main
 from pretrain.trainer import checkpoints_in
 
 from .conftest import REPO, TINY, cli_options

@@ -18,8 +18,9 @@ import pytest
 import torch
 import yaml
 
-from pretrain.cli import main
-from pretrain.convert import SAFE_NAME, Encoder, checked_meta, convert, d2_stock_fragment
+from d2_plugin.export import convert, d2_stock_fragment
+from flowssl.cli import main
+from pretrain.convert import SAFE_NAME, Encoder, checked_meta
 from pretrain.fileio import CheckpointError
 from pretrain.models import ResNetEncoder
 

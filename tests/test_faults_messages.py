@@ -19,7 +19,7 @@ import pathlib
 import pytest
 import torch
 
-from pretrain.cli import main
+from flowssl.cli import main
 from pretrain.fileio import TEMP_MARK, WriteError, load_checkpoint, save_atomic, write_text_atomic
 from pretrain.models import ResNetEncoder
 

@@ -13,8 +13,8 @@ import json
 import pytest
 import torch
 
+from flowssl.cli import main
 from pretrain.api import Trainer, TrainingInterrupted, load_config
-from pretrain.cli import main
 from pretrain.data.pairs import FramePairs
 from pretrain.fileio import load_checkpoint
 from pretrain.trainer import changed_settings, checkpoints_in

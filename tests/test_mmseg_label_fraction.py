@@ -19,7 +19,7 @@ import mmseg_plugin  # noqa: E402,F401
 from mmseg_plugin.label_fraction import LabelFractionDataset  # noqa: E402
 from mmseg_plugin.runner import load_cfg  # noqa: E402
 from pretrain.data.synthetic import write_cityscapes_layout  # noqa: E402
-from pretrain.readout import LIST_FILE_NAME, select_subset, subset_size  # noqa: E402
+from pretrain.readout import LIST_FILE_NAME, read_subset_list, select_subset, subset_size  # noqa: E402
 from pretrain.readout import subset_keys as _relative_names  # noqa: E402  (the names images are ranked by)
 
 from .conftest import REPO  # noqa: E402
@@ -74,7 +74,7 @@ def _dataset_cfg(root: Path, split: str = "train") -> dict:
 def test_wrapper_keeps_the_fraction_and_writes_its_list(tmp_path, twenty_root):
     ds = LabelFractionDataset(_dataset_cfg(twenty_root), fraction=0.25, seed=0, list_file=str(tmp_path / "l.txt"))
     assert len(ds) == 5 and ds.total == 20
-    listed = (tmp_path / "l.txt").read_text().splitlines()
+    listed = read_subset_list(tmp_path / "l.txt")
     assert listed == ds.files == [ds.get_data_info(i)["img_path"] for i in range(len(ds))]
     assert all(Path(f).is_file() and f.startswith(str(twenty_root)) for f in listed)
     assert ds[0]["img_path"] == listed[0]  # the pipeline sees the subset's samples
@@ -129,7 +129,7 @@ def test_mmseg_train_tool_trains_on_ten_percent(tmp_path, twenty_root, capsys):
             "--label-fraction", "0.1", "--label-seed", "0", "--cfg-options", *_options(twenty_root)]
     assert _tool("mmseg_train").main(argv) == 0
     assert (work / "iter_2.pth").is_file()
-    listed = (work / LIST_FILE_NAME).read_text().splitlines()
+    listed = read_subset_list(work / LIST_FILE_NAME)
     expected = LabelFractionDataset(_dataset_cfg(twenty_root), fraction=0.1, seed=0).files
     assert listed == expected and len(listed) == 2
     # evaluation through tools/mmseg_test.py (the validation set is never wrapped: see the load_cfg test)

@@ -16,6 +16,7 @@ mmseg = pytest.importorskip("mmseg")
 pytest.importorskip("mmcv.ops")
 
 from pretrain.data.synthetic import write_cityscapes_layout  # noqa: E402
+from pretrain.readout import read_subset_list  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
 from .test_mmseg_datasets import cli_words, shrink_options  # noqa: E402
@@ -76,7 +77,7 @@ def test_table6_config_trains_on_ten_percent_with_mmseg_train(tmp_path, shared_d
     work = tmp_path / "work"
     assert (work / "iter_2.pth").is_file()
     # 10 % of the sample's 3 training images rounds to 0: at least one is kept, and listed by LabelSubsetHook
-    listed = (work / "label_subset.txt").read_text().splitlines()
+    listed = read_subset_list(work / "label_subset.txt")
     assert len(listed) == 1 and Path(listed[0]).parent == root / "images/10k/train" and Path(listed[0]).is_file()
     assert "label subset: 1 of 3 training images" in out
     # the evaluation at the end of training used the whole validation set (3 images)

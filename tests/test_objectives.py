@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
+from flowssl.demo import DEMO_CONFIGS
 from pretrain.api import Trainer, load_config
-from pretrain.demo import DEMO_CONFIGS
 from pretrain.fileio import load_checkpoint
 from pretrain.losses import (
     affine_motion_loss,

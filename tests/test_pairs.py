@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from flowssl.cli import main
 from pretrain.api import load_config
-from pretrain.cli import main
 from pretrain.data.frames import BadDataError
 from pretrain.data.pairs import CityscapesSequencePairs, FrameFolderPairs, SyntheticPairs, VideoPairs
 from pretrain.data.synthetic import MovingShapesVideo
@@ -142,9 +142,9 @@ def test_flow_precompute_is_resumable_and_feeds_the_precomputed_source(tmp_path,
 def test_flow_cache_stores_the_consistency_masks_training_reads(tmp_path, monkeypatch):
     """The cache holds each direction's forward–backward mask (α recorded), so the precomputed source
     reads it instead of re-running the check; with other α it recomputes; both agree with the check."""
+    from flowssl.flow_tools import precompute_cache
     from pretrain.flow import sources
     from pretrain.flow.sources import FlowPair, PrecomputedFlow
-    from pretrain.flow.tools import precompute_cache
 
     video = _write_frames(tmp_path / "frames" / "seq", n=3)
     paths = sorted((tmp_path / "frames" / "seq").glob("*.png"))[::2]

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from d2_plugin.datasets import SYNTHETIC_THING_CLASSES, label_subset, load_synthetic_instances
+from flowssl.tables import NotMeasured, collect, render
 from pretrain import readout
 from pretrain.data.synthetic import write_cityscapes_layout
 from pretrain.models import ResNetEncoder
 from pretrain.models.encoder import ARCHS
-from pretrain.tables import NotMeasured, collect, render
 
 from .conftest import REPO
 
@@ -94,12 +94,17 @@ def test_label_subset_files_of_both_trainers_list_the_same_images(twelve_root, t
                               "0", "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False", "DATASETS.LABEL_FRACTION", "0.25",
                               "DATASETS.LABEL_SEED", "1"], data_root=str(tmp_path), synthetic_root=str(twelve_root))
     Trainer.build_train_loader(cfg)
-    d2 = (tmp_path / "d2" / readout.LIST_FILE_NAME).read_text().splitlines()
+    d2 = readout.read_subset_list(tmp_path / "d2" / readout.LIST_FILE_NAME)
     mm = load_cfg(TINY, tmp_path / "mmseg", label_fraction=0.25, label_seed=1,
                   cfg_options={"train_dataloader.dataset.data_root": str(twelve_root)})
     DATASETS.build(mm.train_dataloader.dataset)  # the LabelFractionDataset writes its list
-    listed = (tmp_path / "mmseg" / readout.LIST_FILE_NAME).read_text().splitlines()
-    assert [line for line in d2 if not line.startswith("#")] == sorted(listed) and len(listed) == 3
+    listed = readout.read_subset_list(tmp_path / "mmseg" / readout.LIST_FILE_NAME)
+    assert d2 == sorted(listed) and len(listed) == 3
+    # one file format: the same two header lines but for the name of the training set
+    heads = [(tmp_path / d / readout.LIST_FILE_NAME).read_text().splitlines()[:2] for d in ("d2", "mmseg")]
+    assert heads[0][1] == heads[1][1] == f"# rule: {readout.SUBSET_RULE}"
+    assert heads[0][0].split(" of ")[0] == heads[1][0].split(" of ")[0] == \
+        "# flowssl label subset: fraction 0.25, seed 1: 3"
 
 
 def test_the_real_loaders_give_an_image_the_same_name(shared_data):
@@ -186,7 +191,8 @@ def test_every_framework_builds_the_archs_of_the_one_table():
     for arch, blocks in readout.ARCH_BLOCKS.items():
         assert readout.arch_of_blocks(blocks) == arch
     assert readout.arch_of_blocks((3, 8, 36, 3)) is None
-    from pretrain.convert import Encoder, d2_config_hints
+    from d2_plugin.export import d2_config_hints
+    from pretrain.convert import Encoder
 
     enc = Encoder(ResNetEncoder("resnet14", 8).state_dict(), "flowssl", "")
     assert enc.arch == "resnet14" and d2_config_hints(enc)["MODEL.RESNETS.DEPTH"] == 14

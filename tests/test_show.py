@@ -2,10 +2,10 @@ import cv2
 import pytest
 import torch
 
-from pretrain.cli import main
+from flowssl.cli import main
+from flowssl.show import project_to_rgb
 from pretrain.data.synthetic import write_cityscapes_layout
 from pretrain.models import ResNetEncoder
-from pretrain.show import project_to_rgb
 
 from .conftest import REPO
 

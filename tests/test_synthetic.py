@@ -12,12 +12,11 @@ from pretrain.data.pairs import SyntheticPairs
 from pretrain.data.synthetic import (
     CLASSES,
     MovingShapesVideo,
-    _apply,
-    _inside,
     make_video,
     video_seed,
     write_cityscapes_layout,
 )
+from pretrain.data.world import _apply, _inside
 
 
 def _backward_warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@ import csv
 import io
 import json
 
-from pretrain.cli import main
-from pretrain.tables import PUBLISHED, PUBLISHED_POODLE, render
+from flowssl.cli import main
+from flowssl.tables import PUBLISHED, PUBLISHED_POODLE, render
 
 
 def _write(root, method, dataset, readout, seed, metrics):

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
+from flowssl.cli import main
 from pretrain.api import Trainer, TrainingInterrupted, load_config
-from pretrain.cli import main
 from pretrain.fileio import load_checkpoint
 from pretrain.trainer import checkpoints_in
 

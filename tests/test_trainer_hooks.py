@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from flowssl.cli import main
 from pretrain.api import Trainer, load_config
-from pretrain.cli import main
 from pretrain.hooks import HookBase
 from pretrain.trainer import DivergenceError, checkpoints_in
 

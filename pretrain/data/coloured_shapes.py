@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .synthetic import CLASSES, ShapeWorld
+from .world import CLASSES, ShapeWorld
 
 
 @dataclass(frozen=True)

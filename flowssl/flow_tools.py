@@ -10,11 +10,11 @@ import torch
 from torchvision.utils import flow_to_image
 from tqdm import tqdm
 
-from ..data.frames import try_read_rgb
-from ..fileio import write_text_atomic
-from .io import KITTI_SCALE, positive_scale, write_flow_png
-from .sources import CACHE_KEY_FORMAT, FlowSource, read_cache_info
-from .warp import warp
+from pretrain.data.frames import try_read_rgb
+from pretrain.fileio import write_text_atomic
+from pretrain.flow.io import KITTI_SCALE, positive_scale, write_flow_png
+from pretrain.flow.sources import CACHE_KEY_FORMAT, FlowSource, read_cache_info
+from pretrain.flow.warp import warp
 
 
 def precompute_cache(pairs: list[tuple[Path, Path]], keys: list[str], out: Path, source: FlowSource,

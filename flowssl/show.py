@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.augment import IMAGENET_MEAN, IMAGENET_STD
-from .data.frames import load_rgb
-from .fileio import load_checkpoint
-from .models import ResNetEncoder
+from pretrain.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.data.frames import load_rgb
+from pretrain.fileio import load_checkpoint
+from pretrain.models import ResNetEncoder
 
 
 def _read(path: str | Path) -> torch.Tensor:

@@ -24,11 +24,11 @@ from typing import IO, Any
 
 from mmengine.config import Config
 
-from .config import REPO_ROOT, ConfigError, load_config, resolve_config
-from .convert import convert
-from .fileio import write_text_atomic
+from d2_plugin.export import convert  # the library's, plus detectron2's config keys for --to detectron2
+from pretrain.config import CONFIG_DIR, ConfigError, load_config, resolve_config
+from pretrain.fileio import write_text_atomic
 
-PRESETS = {"tiny": REPO_ROOT / "configs" / "bench" / "tiny.py"}
+PRESETS = {"tiny": CONFIG_DIR / "bench" / "tiny.py"}
 
 
 READOUT_KEYS = ("name", "framework", "config", "dataset")
@@ -130,6 +130,7 @@ class Bench:
     def __init__(self, plan: str | Path, work_dir: str | Path, seeds: list[int] | None = None,
                  print_commands: bool = False) -> None:
         plan = resolve_config(plan, "plan", f"; presets: {sorted(PRESETS)}")
+        self.plan_path = Path(plan)
         try:
             self.plan = Config.fromfile(str(plan))
         except Exception as exc:
@@ -168,9 +169,12 @@ class Bench:
         self.status[key] = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
         write_text_atomic(json.dumps(self.status, indent=2), self.status_path)
 
-    def _path(self, p: str) -> Path:
-        path = Path(p)
-        return path if path.is_absolute() else REPO_ROOT / path
+    def _path(self, p: str, what: str = "config") -> Path:
+        """A plan's config path resolves as on the command line (``configs/pretrain/x.py`` from any
+        folder and from an installed wheel); a checkpoint path is the user's own file."""
+        if what == "checkpoint":
+            return Path(p).expanduser()
+        return resolve_config(p, f"plan {self.plan_path}: config")
 
     # -- stages ---------------------------------------------------------------------------------
     def synthetic_root(self) -> Path | None:
@@ -179,7 +183,7 @@ class Bench:
             return None
         root = self.work / "data" / "synthetic_cityscapes"
         if not root.exists():
-            from .data.synthetic import write_cityscapes_layout
+            from pretrain.data.synthetic import write_cityscapes_layout
 
             write_cityscapes_layout(root, seed=0, videos=dict(spec["videos"]),
                                     frames_per_video=spec["frames_per_video"])
@@ -187,14 +191,14 @@ class Bench:
 
     def pretrain(self, method: str, seed: int) -> Path | str:
         if method in self.plan.get("checkpoints", {}):
-            return self._path(self.plan.checkpoints[method])
+            return self._path(self.plan.checkpoints[method], "checkpoint")
         config = self._path(self.plan.methods[method])
         work = self.work / "pretrain" / method / f"seed{seed}"
         options = {**dict(self.plan.get("pretrain_options", {})), "seed": seed}
         if self.print_only:
             opts = " ".join(f"{k}={v}" for k, v in options.items())
             return f"flowssl pretrain {shlex.quote(str(config))} --work-dir {work} --resume auto --cfg-options {opts}"
-        from .api import Trainer
+        from pretrain.api import Trainer
 
         key = f"pretrain/{method}/seed{seed}"
         t0 = time.perf_counter()
@@ -261,7 +265,7 @@ class Bench:
         if "label_fraction" in spec:
             options.update({"DATASETS.LABEL_FRACTION": spec["label_fraction"], "DATASETS.LABEL_SEED": seed})
         opts = [f"{k} {v}" for k, v in options.items()]
-        cmd = [sys.executable, str(REPO_ROOT / "tools" / "d2_train_net.py"), "--config-file", str(config),
+        cmd = [sys.executable, "-m", "flowssl.d2_train_net", "--config-file", str(config),
                *(["--synthetic-root", str(synthetic)] if synthetic else []), "MODEL.WEIGHTS", str(conv),
                "OUTPUT_DIR", str(work), "SEED", str(seed), *" ".join(opts).split()]
         metrics = work / "metrics.json"  # detectron2's JSONWriter: one line per logging period

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .readout import RESULTS_FILE, read_results
+from pretrain.readout import RESULTS_FILE, read_results
 
 COLUMNS = ("mIoU", "mAP", "mIoU†", "mAP†")
 READOUT_COLUMN = {"deeplabv1": "mIoU", "deeplabv3": "mIoU†", "c4": "mAP", "fpn": "mAP†"}

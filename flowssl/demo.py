@@ -6,9 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from .api import Trainer, load_config
-from .config import CONFIG_DIR
-from .data.synthetic import write_cityscapes_layout
+from pretrain.api import Trainer, load_config
+from pretrain.config import CONFIG_DIR
+from pretrain.data.synthetic import write_cityscapes_layout
 
 _SUFFIX = "_r14_synthetic_demo.py"
 # every method with a synthetic demo config; ImageNet weights cannot be made offline, so that entry

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mmengine.config import DictAction
 
-from .config import ConfigError, resolve_config
-from .fileio import CheckpointError, WriteError
+from pretrain.config import ConfigError, resolve_config
+from pretrain.fileio import CheckpointError, WriteError
 
 # What a user can fix gets one line on stderr and exit code 2, not a traceback (``--debug`` shows it).
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
@@ -25,8 +25,8 @@ def user_error_message(exc: BaseException) -> str | None:
     Covers the flowssl error types, bad data raised inside DataLoader workers (torch re-raises them
     in the main process with the worker's whole traceback as the message: we keep its last line),
     and a config key passed to a constructor that does not take it."""
-    from .data.frames import BadDataError
-    from .trainer import DivergenceError
+    from pretrain.data.frames import BadDataError
+    from pretrain.trainer import DivergenceError
 
     if isinstance(exc, TypeError):
         m = re.search(r"(\w+(?:\.__init__)?)\(\) got an unexpected keyword argument '(\w+)'", str(exc))
@@ -59,7 +59,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 def pretrain_target(config: str | None, resume: str | bool) -> tuple[str, str | bool]:
     """(config, resume mode) of ``flowssl pretrain``. ``--resume`` takes an optional mode, so argparse
     hands it the next word: in ``--resume CONFIG`` that word is the config, and the mode is 'latest'."""
-    from .trainer import RESUME_MODES
+    from pretrain.trainer import RESUME_MODES
 
     if resume is not False and resume not in RESUME_MODES:
         if config is not None:
@@ -71,7 +71,7 @@ def pretrain_target(config: str | None, resume: str | bool) -> tuple[str, str | 
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .api import Trainer, load_config
+    from pretrain.api import Trainer, load_config
 
     config, resume = pretrain_target(args.config, args.resume)
     cfg = load_config(config, args.cfg_options)
@@ -119,13 +119,17 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--device", default="cpu")
     pre.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     pre.set_defaults(func=cmd_flow_precompute)
-    show = fsub.add_parser("show", help="PNGs of flow, occlusion and warped-frame error for a frame pair")
-    show.add_argument("frame1")
-    show.add_argument("frame2")
-    show.add_argument("--out", required=True)
-    show.add_argument("--source", default="dis")
-    show.add_argument("--checkpoint")
-    show.set_defaults(func=cmd_flow_show)
+    _add_pair_arguments(fsub.add_parser("show", help="PNGs of flow, occlusion and warped-frame error for a frame pair"))
+
+
+def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
+    """``flowssl flow show`` and ``flowssl show pair``: one command under two names."""
+    p.add_argument("frame1")
+    p.add_argument("frame2")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", default="dis")
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_flow_show)
 
 
 def _source_cfg(args: argparse.Namespace, config_flow: dict | None = None) -> dict:
@@ -140,10 +144,11 @@ def _source_cfg(args: argparse.Namespace, config_flow: dict | None = None) -> di
 
 
 def cmd_flow_precompute(args: argparse.Namespace) -> int:
-    from .api import load_config
-    from .flow.sources import build_flow_source
-    from .flow.tools import precompute_cache
-    from .registry import DATASETS, build_from
+    from pretrain.api import load_config
+    from pretrain.flow.sources import build_flow_source
+    from pretrain.registry import DATASETS, build_from
+
+    from .flow_tools import precompute_cache
 
     cfg = load_config(args.config, args.cfg_options)
     data = dict(cfg.data)
@@ -163,9 +168,10 @@ def cmd_flow_precompute(args: argparse.Namespace) -> int:
 
 
 def cmd_flow_show(args: argparse.Namespace) -> int:
-    from .data.frames import load_rgb
-    from .flow.sources import build_flow_source
-    from .flow.tools import show_pair
+    from pretrain.data.frames import load_rgb
+    from pretrain.flow.sources import build_flow_source
+
+    from .flow_tools import show_pair
 
     imgs = []
     for f in (args.frame1, args.frame2):
@@ -199,10 +205,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     import json
 
-    from .convert import convert
+    from d2_plugin.export import convert
 
-    side = convert(args.src, args.to, args.out, args.source, args.allow_missing, args.drop_heads,
-                   with_decoder=args.with_decoder, force=args.force)
+    side = convert(args.src, args.to, args.out, source=args.source, allow_missing=args.allow_missing,
+                   drop_heads=args.drop_heads, with_decoder=args.with_decoder, force=args.force)
     print(f"read {args.src}: {side['source_layout']} layout (prefix '{side['source_prefix']}'), {side['arch']}, "
           f"method {side['method']}, output stride {side['output_stride']}; {side['keys_in']} keys in, "
           f"{side['keys_out']} out, {side['dropped_keys']} dropped")
@@ -236,27 +242,21 @@ def cmd_tables(args: argparse.Namespace) -> int:
 def _add_show(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("show", help="pictures: flow of a pair, dense embeddings, readout predictions")
     ssub = p.add_subparsers(dest="show_command", required=True)
-    pair = ssub.add_parser("pair", help="frames, flow, occlusion and warped-frame error")
-    pair.add_argument("frame1")
-    pair.add_argument("frame2")
-    pair.add_argument("--out", required=True)
-    pair.add_argument("--source", default="dis")
-    pair.add_argument("--checkpoint")
-    pair.set_defaults(func=cmd_flow_show)
+    _add_pair_arguments(ssub.add_parser("pair", help="frames, flow, occlusion and warped-frame error"))
     emb = ssub.add_parser("embeddings", help="encoder features projected to RGB (PCA or random)")
     emb.add_argument("checkpoint")
     emb.add_argument("image")
     emb.add_argument("--out", required=True)
     emb.add_argument("--projection", default="pca", choices=("pca", "random"))
     emb.add_argument("--stage", default="layer4", choices=("stem", "layer1", "layer2", "layer3", "layer4"))
-    emb.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_embeddings(
+    emb.set_defaults(func=lambda a: _print(__import__("flowssl.show", fromlist=["x"]).show_embeddings(
         a.checkpoint, a.image, a.out, a.projection, a.stage)))
     pred = ssub.add_parser("predictions", help="an mmseg readout's prediction over an image")
     pred.add_argument("config", help="mmseg readout config (a path, or relative to configs/)")
     pred.add_argument("readout_checkpoint")
     pred.add_argument("image")
     pred.add_argument("--out", required=True)
-    pred.set_defaults(func=lambda a: _print(__import__("pretrain.show", fromlist=["x"]).show_predictions(
+    pred.set_defaults(func=lambda a: _print(__import__("flowssl.show", fromlist=["x"]).show_predictions(
         resolve_config(a.config), a.readout_checkpoint, a.image, a.out)))
 
 
@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line: show tracebacks of user errors too
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
-    from .dist import rank
-    from .trainer import TrainingInterrupted
+    from pretrain.dist import rank
+    from pretrain.trainer import TrainingInterrupted
 
     try:
         return args.func(args)

@@ -41,3 +41,26 @@ def test_show_embeddings_and_predictions(tmp_path, capsys):
     assert main(["show", "predictions", str(config), str(tmp_path / "w" / "iter_1.pth"), str(image),
                  "--out", str(tmp_path / "p.png")]) == 0
     assert cv2.imread(str(tmp_path / "p.png")).shape == (128, 512, 3)
+
+
+def test_compared_checkpoints_share_one_pca_basis(tmp_path):
+    """The same feature vector gets the same colour in every picture: two "checkpoints" whose frames
+    hold the same vectors in swapped regions get swapped colours."""
+    from flowssl.show import compare_embeddings, label_colours, write_panel
+
+    g = torch.Generator().manual_seed(0)
+    u, v, z = (torch.randn(16, 1, 1, generator=g) for _ in range(3))
+    a, b = torch.zeros(16, 8, 12), torch.zeros(16, 8, 12)
+    a[:, :, :4], a[:, :, 4:8], a[:, :, 8:] = u, v, z
+    b[:, :, :4], b[:, :, 4:8], b[:, :, 8:] = v, u, z
+    pics = compare_embeddings({"a": a, "b": b})
+    same = lambda x, y: torch.allclose(x, y, atol=1e-5)  # noqa: E731
+    assert same(pics["a"][:, :, 0], pics["b"][:, :, 4]) and same(pics["a"][:, :, 4], pics["b"][:, :, 0])
+    assert same(pics["a"][:, :, 8], pics["b"][:, :, 8])
+    assert not torch.allclose(pics["a"][:, :, 0], pics["a"][:, :, 4])
+    with pytest.raises(ValueError, match="one shape"):
+        compare_embeddings({"a": a, "c": torch.zeros(8, 8, 12)})
+    labels = label_colours(torch.tensor([[0, 1], [255, 2]]), ((0, 0, 0), (255, 0, 0), (0, 255, 0)))
+    assert labels[:, 0, 1].tolist() == [1.0, 0.0, 0.0] and labels[:, 1, 0].tolist() == [0.0, 0.0, 0.0]
+    out = write_panel({"a": pics["a"], "b": pics["b"], "c": pics["a"]}, tmp_path / "p.png", columns=2)
+    assert cv2.imread(str(out)).shape == (16, 24, 3) and not list(tmp_path.glob(".*"))

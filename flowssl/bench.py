@@ -32,6 +32,8 @@ PRESETS = {"tiny": CONFIG_DIR / "bench" / "tiny.py"}
 
 
 READOUT_KEYS = ("name", "framework", "config", "dataset")
+# framework="probe": the feature readouts of pretrain.probe (no config, no conversion), and their options
+PROBE_OPTIONS = {"linear_probe": ("max_iter", "tol"), "knn": ("k", "temperature")}
 # method, readout and dataset names become folders under the work dir: plain names only, never a path
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -101,16 +103,46 @@ def check_plan(plan: Config, path: Path) -> None:
         fraction = spec.get("label_fraction", 1.0) if isinstance(spec, dict) else 1.0
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"plan {path}: readouts[{i}].label_fraction must be in (0, 1], got {fraction!r}")
-        missing = [k for k in READOUT_KEYS if not isinstance(spec, dict) or k not in spec]
+        features = isinstance(spec, dict) and spec.get("framework") == "probe"  # a feature readout has no config
+        missing = [k for k in READOUT_KEYS if (not isinstance(spec, dict) or k not in spec)
+                   and not (features and k == "config")]
         if missing:
-            raise ConfigError(f"plan {path}: readouts[{i}] lacks {missing}; each readout needs {list(READOUT_KEYS)}")
+            raise ConfigError(f"plan {path}: readouts[{i}] lacks {missing}; each readout needs {list(READOUT_KEYS)} "
+                              "(a framework='probe' readout needs no config)")
         for key in ("name", "dataset"):
             _check_name(spec[key], f"readouts[{i}].{key}", path)
-        if spec["framework"] not in ("mmseg", "d2"):
-            raise ConfigError(f"plan {path}: readouts[{i}].framework must be 'mmseg' or 'd2', "
+        if spec["framework"] not in ("mmseg", "d2", "probe"):
+            raise ConfigError(f"plan {path}: readouts[{i}].framework must be 'mmseg', 'd2' or 'probe', "
                               f"got {spec['framework']!r}")
+        if spec["framework"] == "probe":
+            _check_probe_readout(spec, f"plan {path}: readouts[{i}]")
+    recalibrate = plan.get("recalibrate_bn", [])
+    if not isinstance(recalibrate, (list, tuple)) or not all(isinstance(m, str) for m in recalibrate):
+        raise ConfigError(f"plan {path}: 'recalibrate_bn' must be a list of method names, got {recalibrate!r}")
+    unknown = [m for m in recalibrate if m not in plan.methods and m not in plan.get("checkpoints", {})]
+    if unknown:
+        raise ConfigError(f"plan {path}: recalibrate_bn names {unknown}, which are not methods of the plan "
+                          f"({sorted({*plan.methods, *plan.get('checkpoints', {})})})")
     if not isinstance(plan.get("pretrain_options", {}), dict):
         raise ConfigError(f"plan {path}: 'pretrain_options' must be a dict of --cfg-options")
+
+
+def _check_probe_readout(spec: dict[str, Any], where: str) -> None:
+    """A feature readout's name, dataset and options (each error names the key)."""
+    if spec["name"] not in PROBE_OPTIONS:
+        raise ConfigError(f"{where}.name must be one of {sorted(PROBE_OPTIONS)} for framework 'probe', "
+                          f"got {spec['name']!r}")
+    if spec["dataset"] != "synthetic":
+        raise ConfigError(f"{where}: framework 'probe' reads the plan's synthetic data only; set dataset='synthetic'")
+    options = spec.get("options", {})
+    allowed = PROBE_OPTIONS[spec["name"]]
+    if not isinstance(options, dict) or any(k not in allowed for k in options):
+        raise ConfigError(f"{where}.options {options!r}: {spec['name']} takes only {list(allowed)}")
+    for key, value in options.items():
+        kind = int if key in ("k", "max_iter") else int | float
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise ConfigError(f"{where}.options.{key} must be a positive {'integer' if kind is int else 'number'}, "
+                              f"got {value!r}")
 
 
 def trained_checkpoint(runner: Any, work: Path, started: float) -> Path:
@@ -148,6 +180,7 @@ class Bench:
         self.print_only = print_commands
         self.status_path = self.work / "status.json"
         self.status: dict[str, Any] = self._read_status()
+        self._probe_data: dict[str, Any] | None = None  # the readout frames feature readouts read, once
 
     def _read_status(self) -> dict[str, Any]:
         """The status log of earlier runs (only ever appended to: what is done is read from the files),
@@ -215,17 +248,20 @@ class Bench:
         if framework == "d2" and importlib.util.find_spec("detectron2") is None:
             self._record(key, "skipped", reason="detectron2 is not installed")
             return "skipped (detectron2 not installed)"
-        target = "mmseg" if framework == "mmseg" else "detectron2"
-        conv = self.work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
-        if not conv.is_file():  # converted/ is the bench's own: a killed conversion's sidecar may be replaced
-            convert(ckpt, target, conv, force=True)
-        config = self._path(spec["config"])
+        if framework != "probe":  # a feature readout reads the pretraining checkpoint itself
+            target = "mmseg" if framework == "mmseg" else "detectron2"
+            conv = self.work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
+            if not conv.is_file():  # converted/ is the bench's own: a killed conversion's sidecar may be replaced
+                convert(ckpt, target, conv, force=True)
+            config = self._path(spec["config"])
         work = out.parent
         log = self.work / "logs" / f"{key.replace('/', '_')}.log"
         t0 = time.perf_counter()
         try:
             with output_to(log) as terminal:
-                if framework == "mmseg":
+                if framework == "probe":
+                    self._probe_readout(method, seed, ckpt, spec, synthetic, out)
+                elif framework == "mmseg":
                     self._mmseg_readout(config, work, conv, spec, seed, synthetic, out, terminal)
                 else:
                     self._d2_readout(config, work, conv, spec, seed, synthetic, log, terminal)
@@ -256,6 +292,30 @@ class Bench:
             started = time.time()
             runner.train()
         run_test(load_cfg(config, work, str(conv), options), str(trained_checkpoint(runner, work, started)), out)
+
+    def _probe_readout(self, method: str, seed: int, ckpt: Path, spec: dict[str, Any], synthetic: Path | None,
+                       out: Path) -> None:
+        """A feature readout (:mod:`pretrain.probe`) of the pretraining checkpoint itself on the synthetic
+        readout frames: stride-8 features extracted once per checkpoint (cached under
+        ``features/<method>/seed<k>/``; BatchNorm recalibrated first for the plan's ``recalibrate_bn``)."""
+        from pretrain import probe
+        from pretrain.readout import SYNTHETIC_CLASSES, write_results
+
+        if synthetic is None:
+            raise ValueError("a framework='probe' readout reads the plan's synthetic data; add synthetic=dict(...)")
+        if self._probe_data is None:
+            self._probe_data = {s: probe.read_cityscapes_split(synthetic, s) for s in ("train", "val")}
+        (train, train_labels, train_files), (val, val_labels, val_files) = self._probe_data.values()
+        recalibrate = method in self.plan.get("recalibrate_bn", [])
+        feats, info = probe.checkpoint_features(ckpt, {"train": (train, train_files), "val": (val, val_files)},
+                                                self.work / "features" / method / f"seed{seed}",
+                                                recalibrate_on="train" if recalibrate else None)
+        result = probe.read_out(spec["name"], feats["train"], train_labels, feats["val"], val_labels,
+                                len(SYNTHETIC_CLASSES), **dict(spec.get("options", {})))
+        print(f"{spec['name']} of {ckpt}: mIoU {result.miou:.2f}; {result.fit}; features {info}", flush=True)
+        write_results({"framework": "probe", "readout": spec["name"], "backbone_checkpoint": str(ckpt),
+                       "backbone_readout": "encoder", "bn_recalibrated": recalibrate, "fit": result.fit,
+                       "metrics": result.metrics(SYNTHETIC_CLASSES)}, out)
 
     def _d2_readout(self, config: Path, work: Path, conv: Path, spec: dict[str, Any], seed: int,
                     synthetic: Path | None, log: Path, terminal: IO[str]) -> None:
@@ -296,7 +356,7 @@ class Bench:
                     print(ckpt)
                     for spec in self.plan.readouts:
                         print(f"# then: {spec['framework']} readout {spec['name']} on {spec['dataset']} "
-                              f"({spec['config']}) with the converted checkpoint")
+                              f"({spec.get('config', 'frozen stride-8 features')}) with the converted checkpoint")
                     continue
                 for spec in self.plan.readouts:
                     print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']} ...", flush=True)

@@ -2,7 +2,8 @@
 
 Results are read from ``RESULTS/<method>/<dataset>/<readout>[/<seed>]/results.json`` — the JSONs
 ``tools/mmseg_test.py`` and ``tools/d2_train_net.py`` write. Readouts: ``deeplabv1`` (mIoU),
-``deeplabv3`` (mIoU†), ``c4`` (mAP), ``fpn`` (mAP†). Several seeds print as mean ± std.
+``deeplabv3`` (mIoU†), ``c4`` (mAP), ``fpn`` (mAP†); the feature readouts ``linear_probe`` and ``knn``
+(:mod:`pretrain.probe`) as columns of their own, shown when measured. Several seeds print as mean ± std.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from typing import Any
 from pretrain.readout import RESULTS_FILE, read_results
 
 COLUMNS = ("mIoU", "mAP", "mIoU†", "mAP†")
-READOUT_COLUMN = {"deeplabv1": "mIoU", "deeplabv3": "mIoU†", "c4": "mAP", "fpn": "mAP†"}
+# The feature readouts (converged linear probe, dense kNN; mIoU): not the paper's protocols, so columns
+# after the paper's four, and only in tables that hold some of them.
+FEATURE_COLUMNS = ("probe mIoU", "kNN mIoU")
+READOUT_COLUMN = {"deeplabv1": "mIoU", "deeplabv3": "mIoU†", "c4": "mAP", "fpn": "mAP†",
+                  "linear_probe": "probe mIoU", "knn": "kNN mIoU"}
 
 # FlowE (Xiong et al., ICCV 2021), shared/papers/flowe_xiong2021_flow_equivariance.md.
 PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float, float, float]]]] = {
@@ -193,14 +198,15 @@ def escape_latex(text: str) -> str:
 def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows (ours, then the paper's with differences) and footnotes."""
     table = collect(results)
-    header = ["dataset", "method", *COLUMNS]
+    columns = COLUMNS + tuple(c for c in FEATURE_COLUMNS if any(cols.get(c) for cols in table.values()))
+    header = ["dataset", "method", *columns]
     rows, notes = [], []
     for dataset in sorted({d for d, _ in table} | {d for d in PUBLISHED if any(k[0] == d for k in table)}):
         for (d, method), cols in sorted(table.items()):
-            if d != dataset or not any(cols.get(c) for c in COLUMNS):
+            if d != dataset or not any(cols.get(c) for c in columns):
                 continue
             row = [dataset, method]
-            for c in COLUMNS:
+            for c in columns:
                 row.append(_cell(cols.get(c, [])))
                 if not cols.get(c):
                     notes.append(f"{dataset}/{method} {c}: no results.json under {method}/{dataset}/"
@@ -214,7 +220,8 @@ def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[st
                     paper.append(f"{pub:.1f}")
                     vals = _measured(cols.get(c, []))
                     diff.append(f"{statistics.mean(vals) - pub:+.1f}" if vals else "–")
-                rows += [paper, diff]
+                extra = ["–"] * (len(columns) - len(COLUMNS))  # the paper has no feature readouts
+                rows += [paper + extra, diff + extra]
     for _, cols in sorted(table.items()):  # every n/a cell names its file (Table 6 columns included)
         for c in sorted(cols):
             notes += _not_measured_notes(cols[c])
@@ -230,7 +237,7 @@ def render(results: str | Path, fmt: str = "md") -> str:
         w.writerows(rows)
         return buf.getvalue()
     if fmt == "latex":
-        lines = ["\\begin{tabular}{ll" + "r" * len(COLUMNS) + "}", "\\toprule",
+        lines = ["\\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", "\\toprule",
                  " & ".join(h.replace("†", "$^\\dagger$") for h in header) + " \\\\", "\\midrule"]
         lines += [" & ".join(escape_latex(c) for c in r) + " \\\\" for r in rows]
         lines += ["\\bottomrule", "\\end{tabular}"]

@@ -8,7 +8,6 @@ pickles with an unpickler that only rebuilds numpy arrays.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import re
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fileio import CheckpointError, NumpyOnlyUnpickler, atomic_path, load_checkpoint, write_text_atomic
+from .fileio import CheckpointError, NumpyOnlyUnpickler, atomic_path, load_checkpoint, sha256_file, write_text_atomic
 from .readout import arch_of_blocks
 
 # Known layouts: name → prefixes the encoder's keys may carry (first match wins).
@@ -290,14 +289,6 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _same_file(a: Path, b: Path) -> bool:
     """``a`` and ``b`` name one file (through links, ``..`` or a relative path)."""
     try:
@@ -378,7 +369,7 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
         "method": enc.meta.get("method", "unknown"), "config_name": enc.meta.get("config_name"),
         "arch": enc.arch, "output_stride": enc.meta.get("output_stride", 32),
         "keys_in": len(enc.state), "keys_out": n_out, "dropped_keys": len(enc.dropped), "missing_keys": missing,
-        "sha256": _sha256(out), "decoder": dict(decoder[1], stages=list(decoder[1]["stages"])) if decoder else None,
+        "sha256": sha256_file(out), "decoder": dict(decoder[1], stages=list(decoder[1]["stages"])) if decoder else None,
     }
     sidecar.update(extra_sidecar)
     for path, text in extra_files.items():

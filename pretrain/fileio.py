@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import pickle
 import re
@@ -88,6 +89,15 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
             raise
         raise error from exc
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:

@@ -364,4 +364,4 @@ class Bench:
                     print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']}: {state}", flush=True)
         if self.print_only:
             return ""
-        return render(self.work / "results", "md")
+        return render(self.work / "results", "md", measured_only=True)  # what this plan ran, nothing else

@@ -195,10 +195,16 @@ def escape_latex(text: str) -> str:
     return re.sub(r"[\\{}$&#^_%~]", lambda m: _LATEX_SPECIAL[m[0]], text).replace("±", "$\\pm$")
 
 
-def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[str]]:
-    """Header, rows (ours, then the paper's with differences) and footnotes."""
+def build_rows(results: str | Path, measured_only: bool = False) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, rows (ours, then the paper's with differences) and footnotes.
+
+    ``measured_only`` (what a bench or the demo prints after its run): only the columns something was
+    measured in, no paper rows and no notes about readouts nobody ran — a newcomer reads those as
+    failures."""
     table = collect(results)
     columns = COLUMNS + tuple(c for c in FEATURE_COLUMNS if any(cols.get(c) for cols in table.values()))
+    if measured_only:
+        columns = tuple(c for c in columns if any(cols.get(c) for cols in table.values()))
     header = ["dataset", "method", *columns]
     rows, notes = [], []
     for dataset in sorted({d for d, _ in table} | {d for d in PUBLISHED if any(k[0] == d for k in table)}):
@@ -208,11 +214,11 @@ def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[st
             row = [dataset, method]
             for c in columns:
                 row.append(_cell(cols.get(c, [])))
-                if not cols.get(c):
+                if not cols.get(c) and not measured_only:
                     notes.append(f"{dataset}/{method} {c}: no results.json under {method}/{dataset}/"
                                  f"{[k for k, v in READOUT_COLUMN.items() if v == c][0]}/")
             rows.append(row)
-            ref = PUBLISHED.get(dataset, {}).get(method)
+            ref = None if measured_only else PUBLISHED.get(dataset, {}).get(method)
             if ref is not None:
                 paper = [dataset, f"{method} (paper)"]
                 diff = [dataset, f"{method} (ours − paper)"]
@@ -228,8 +234,8 @@ def build_rows(results: str | Path) -> tuple[list[str], list[list[str]], list[st
     return header, rows, notes
 
 
-def render(results: str | Path, fmt: str = "md") -> str:
-    header, rows, notes = build_rows(results)
+def render(results: str | Path, fmt: str = "md", measured_only: bool = False) -> str:
+    header, rows, notes = build_rows(results, measured_only)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -247,17 +253,18 @@ def render(results: str | Path, fmt: str = "md") -> str:
     table = collect(results)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(escape_md(c) for c in r) + " |" for r in rows]
-    lines += ["", "Limited labels, FlowE Table 6 (mIoU, fine-tuned standard header, by fraction of training "
-              "labels; the paper's rows are UrbanCity):",
-              "| dataset | method | " + " | ".join(LIMITED_FRACTIONS) + " |",
-              "|---|---|" + "---|" * len(LIMITED_FRACTIONS)]
-    for (d, m), cols in sorted(table.items()):
-        if any(cols.get(f) for f in LIMITED_FRACTIONS):
-            lines.append(f"| {escape_md(d)} | {escape_md(m)} | "
-                         + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
-    for m, v in PUBLISHED_LIMITED_LABELS.items():
+    limited = [(d, m, cols) for (d, m), cols in sorted(table.items()) if any(cols.get(f) for f in LIMITED_FRACTIONS)]
+    if limited or not measured_only:
+        lines += ["", "Limited labels, FlowE Table 6 (mIoU, fine-tuned standard header, by fraction of training "
+                  "labels" + ("" if measured_only else "; the paper's rows are UrbanCity") + "):",
+                  "| dataset | method | " + " | ".join(LIMITED_FRACTIONS) + " |",
+                  "|---|---|" + "---|" * len(LIMITED_FRACTIONS)]
+    for d, m, cols in limited:
+        lines.append(f"| {escape_md(d)} | {escape_md(m)} | "
+                     + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
+    for m, v in ({} if measured_only else PUBLISHED_LIMITED_LABELS).items():
         lines.append(f"| urbancity | {m} (paper) | " + " | ".join(f"{v[f]:.1f}" for f in LIMITED_FRACTIONS) + " |")
-    if any(m == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):
+    if not measured_only and any(m == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):
         lines += ["", "PooDLe's published numbers (Wang et al., ICLR 2025, main BDD100K table; mIoU / mAP, their "
                   "protocols, not comparable cell by cell with the columns above; FlowE = their re-run):",
                   "| method | " + " | ".join(POODLE_COLUMNS) + " |", "|---|" + "---|" * len(POODLE_COLUMNS)]

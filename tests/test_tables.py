@@ -77,3 +77,16 @@ def test_poodle_rows_say_whether_the_decoder_was_read_out(tmp_path):
     assert "| bdd100k | poodle (encoder+decoder) | 35.0 ± 1.4 | – | – | – |" in md
     _write(tmp_path, "flowe", "bdd100k", "deeplabv1", 0, {"mIoU": 33.0})
     assert "| bdd100k | flowe | 33.0 |" in render(tmp_path, "md")  # other methods keep their name
+
+
+def test_a_bench_prints_only_what_it_ran(tmp_path):
+    """After a run (bench, demo): the measured columns only, no paper rows, no Table 6 or PooDLe blocks
+    and no "no results.json" notes for readouts the plan never had."""
+    _write(tmp_path, "flowe", "synthetic", "deeplabv1", 0, {"mIoU": 30.0})
+    _write(tmp_path, "poodle", "synthetic", "deeplabv1", 0, {"mIoU": 31.0})
+    md = render(tmp_path, "md", measured_only=True)
+    assert md.splitlines()[:4] == ["| dataset | method | mIoU |", "|---|---|---|", "| synthetic | flowe | 30.0 |",
+                                   "| synthetic | poodle (encoder) | 31.0 |"]
+    assert "paper" not in md and "Table 6" not in md and "no results.json" not in md and len(md.splitlines()) == 4
+    full = render(tmp_path, "md")
+    assert "Table 6" in full and "PooDLe paper" in full and "no results.json under flowe/synthetic/c4/" in full

@@ -264,7 +264,7 @@ def render(results: str | Path, fmt: str = "md", measured_only: bool = False) ->
                      + " | ".join(_cell(cols.get(f, [])) for f in LIMITED_FRACTIONS) + " |")
     for m, v in ({} if measured_only else PUBLISHED_LIMITED_LABELS).items():
         lines.append(f"| urbancity | {m} (paper) | " + " | ".join(f"{v[f]:.1f}" for f in LIMITED_FRACTIONS) + " |")
-    if not measured_only and any(m == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):
+    if not measured_only and any(m.split(" (")[0] == "poodle" or d in ("bdd100k", "cityscapes") for d, m in table):
         lines += ["", "PooDLe's published numbers (Wang et al., ICLR 2025, main BDD100K table; mIoU / mAP, their "
                   "protocols, not comparable cell by cell with the columns above; FlowE = their re-run):",
                   "| method | " + " | ".join(POODLE_COLUMNS) + " |", "|---|" + "---|" * len(POODLE_COLUMNS)]

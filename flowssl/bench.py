@@ -315,7 +315,8 @@ class Bench:
         print(f"{spec['name']} of {ckpt}: mIoU {result.miou:.2f}; {result.fit}; features {info}", flush=True)
         write_results({"framework": "probe", "readout": spec["name"], "backbone_checkpoint": str(ckpt),
                        "backbone_readout": "encoder", "bn_recalibrated": recalibrate, "fit": result.fit,
-                       "metrics": result.metrics(SYNTHETIC_CLASSES)}, out)
+                       "metrics": result.metrics(SYNTHETIC_CLASSES),
+                       "per_image_confusion": result.per_image.tolist()}, out)  # for bootstrap intervals
 
     def _d2_readout(self, config: Path, work: Path, conv: Path, spec: dict[str, Any], seed: int,
                     synthetic: Path | None, log: Path, terminal: IO[str]) -> None:

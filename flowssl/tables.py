@@ -146,6 +146,27 @@ def collect(results: str | Path) -> dict[tuple[str, str], dict[str, Values]]:
     return table
 
 
+def bootstrap_intervals(results: str | Path) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """{(dataset, method row, column): 95 % interval} over val images for the readouts that store
+    per-image confusions (the feature readouts), the seeds averaged (:func:`pretrain.probe.bootstrap_miou`)."""
+    import torch
+
+    from pretrain.probe import bootstrap_miou
+
+    found: dict[tuple[str, str, str], list[torch.Tensor]] = defaultdict(list)
+    for path in sorted(Path(results).rglob(RESULTS_FILE)):
+        parts = path.relative_to(results).parts
+        column = readout_column(parts[2]) if len(parts) >= 4 else None
+        data = read_results(path) if column else {}
+        if column and isinstance(data.get("per_image_confusion"), list):
+            found[(parts[1], row_label(parts[0], data), column)].append(torch.tensor(data["per_image_confusion"]))
+    out = {}
+    for key, runs in found.items():
+        if len({tuple(r.shape) for r in runs}) == 1:  # the same val images in every seed
+            out[key] = bootstrap_miou(runs)
+    return out
+
+
 def row_label(method: str, data: dict) -> str:
     """The method cell: PooDLe rows say what was read out — the encoder alone (FlowE's protocol, flowssl's
     default export) or encoder + spatial decoder (PooDLe's own, ``FlowsslResNet(decoder=...)``); results
@@ -206,6 +227,7 @@ def build_rows(results: str | Path, measured_only: bool = False) -> tuple[list[s
     if measured_only:
         columns = tuple(c for c in columns if any(cols.get(c) for cols in table.values()))
     header = ["dataset", "method", *columns]
+    intervals = bootstrap_intervals(results)
     rows, notes = [], []
     for dataset in sorted({d for d, _ in table} | {d for d in PUBLISHED if any(k[0] == d for k in table)}):
         for (d, method), cols in sorted(table.items()):
@@ -213,7 +235,8 @@ def build_rows(results: str | Path, measured_only: bool = False) -> tuple[list[s
                 continue
             row = [dataset, method]
             for c in columns:
-                row.append(_cell(cols.get(c, [])))
+                ci = intervals.get((dataset, method, c))
+                row.append(_cell(cols.get(c, [])) + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
                 if not cols.get(c) and not measured_only:
                     notes.append(f"{dataset}/{method} {c}: no results.json under {method}/{dataset}/"
                                  f"{[k for k, v in READOUT_COLUMN.items() if v == c][0]}/")

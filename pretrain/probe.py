@@ -74,6 +74,7 @@ class ReadoutResult:
     iou: list[float]  # per class, in percent; NaN where a class is in neither labels nor predictions
     confusion: torch.Tensor  # [K, K]: rows ground truth, columns prediction (pixels)
     fit: dict[str, Any] = field(default_factory=dict)  # linear probe: iterations, converged, loss
+    per_image: torch.Tensor | None = None  # [N, K, K]: each val image's confusion, for bootstrap intervals
 
     def metrics(self, class_names: Sequence[str]) -> dict[str, float]:
         """``aAcc``, ``mIoU``, ``mAcc`` and ``IoU.<class>`` in percent: the keys mmseg's readout writes."""
@@ -116,15 +117,39 @@ def check_labels(labels: torch.Tensor, num_classes: int, where: str = "labels") 
 
 def score(class_scores: torch.Tensor, labels: torch.Tensor, num_classes: int, batch: int = 8) -> ReadoutResult:
     """Score stride-8 class scores [N, K, h, w] against full-resolution labels [N, H, W]: bilinear
-    upsampling to (H, W), argmax, one confusion matrix over all images."""
+    upsampling to (H, W), argmax, one confusion matrix over all images (and one per image, kept for
+    :func:`bootstrap_miou`)."""
     check_labels(labels, num_classes)
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    per_image = torch.zeros(len(labels), num_classes, num_classes, dtype=torch.long)
     for i in range(0, len(labels), batch):
         up = F.interpolate(class_scores[i:i + batch].float(), size=labels.shape[-2:], mode="bilinear",
                            align_corners=False)
-        conf += confusion_matrix(up.argmax(1), labels[i:i + batch], num_classes)
+        for j, (pred, label) in enumerate(zip(up.argmax(1), labels[i:i + batch], strict=True)):
+            per_image[i + j] = confusion_matrix(pred, label, num_classes)
+    conf = per_image.sum(0)
     miou, iou = iou_from_confusion(conf)
-    return ReadoutResult(miou, iou, conf)
+    return ReadoutResult(miou, iou, conf, per_image=per_image)
+
+
+def bootstrap_miou(per_image: Sequence[torch.Tensor], samples: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap interval over val images of the mean mIoU across runs (seeds).
+
+    ``per_image``: one [N, K, K] per run, the same N val images in the same order; each resample draws
+    N image indices with replacement, shared by every run (the images are the random part, the seeds
+    are averaged), and scores each run on the pooled confusion of the drawn images."""
+    stacks = torch.stack([p.double() for p in per_image])  # [R, N, K, K]
+    if stacks.ndim != 4 or stacks.shape[-1] != stacks.shape[-2]:
+        raise ValueError(f"per-image confusions must be [N, K, K] per run, got {tuple(stacks.shape[1:])}")
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, stacks.shape[1], (samples, stacks.shape[1]), generator=g)
+    values = []
+    for idx in draws:
+        conf = stacks[:, idx].sum(1)  # [R, K, K]
+        values.append(sum(iou_from_confusion(c)[0] for c in conf) / len(conf))
+    v = torch.tensor(values)
+    lo, hi = torch.quantile(v, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=v.dtype)).tolist()
+    return lo, hi
 
 
 # -- stride-8 targets ---------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -158,9 +157,13 @@ def trained_checkpoint(runner: Any, work: Path, started: float) -> Path:
     return Path(saved)
 
 
+def converted_path(work: Path, method: str, seed: int, target: str) -> Path:
+    """Where the bench keeps a checkpoint converted for ``target`` ('mmseg' or 'detectron2')."""
+    return work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
+
+
 class Bench:
-    def __init__(self, plan: str | Path, work_dir: str | Path, seeds: list[int] | None = None,
-                 print_commands: bool = False) -> None:
+    def __init__(self, plan: str | Path, work_dir: str | Path, seeds: list[int] | None = None) -> None:
         plan = resolve_config(plan, "plan", f"; presets: {sorted(PRESETS)}")
         self.plan_path = Path(plan)
         try:
@@ -177,8 +180,9 @@ class Bench:
                 raise ConfigError(f"plan {plan}, method '{method}': {exc}") from exc
         self.work = Path(work_dir)
         self.seeds = seeds if seeds is not None else list(self.plan.seeds)
-        self.print_only = print_commands
-        self.status_path = self.work / "status.json"
+        self.status_path: Path | None = self.work / "status.json"  # None: keep records in memory (a launched job)
+        self.readout_devices = 1  # processes one readout trains on (a launched multi-GPU job sets more)
+        self.mmseg_launcher = "none"  # mmengine's launcher for them ("slurm" in a multi-task SLURM job)
         self.status: dict[str, Any] = self._read_status()
         self._probe_data: dict[str, Any] | None = None  # the readout frames feature readouts read, once
 
@@ -200,7 +204,8 @@ class Bench:
 
     def _record(self, key: str, state: str, **info: Any) -> None:
         self.status[key] = {"state": state, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **info}
-        write_text_atomic(json.dumps(self.status, indent=2), self.status_path)
+        if self.status_path is not None:
+            write_text_atomic(json.dumps(self.status, indent=2), self.status_path)
 
     def _path(self, p: str, what: str = "config") -> Path:
         """A plan's config path resolves as on the command line (``configs/pretrain/x.py`` from any
@@ -228,9 +233,6 @@ class Bench:
         config = self._path(self.plan.methods[method])
         work = self.work / "pretrain" / method / f"seed{seed}"
         options = {**dict(self.plan.get("pretrain_options", {})), "seed": seed}
-        if self.print_only:
-            opts = " ".join(f"{k}={v}" for k, v in options.items())
-            return f"flowssl pretrain {shlex.quote(str(config))} --work-dir {work} --resume auto --cfg-options {opts}"
         from pretrain.api import Trainer
 
         key = f"pretrain/{method}/seed{seed}"
@@ -250,7 +252,7 @@ class Bench:
             return "skipped (detectron2 not installed)"
         if framework != "probe":  # a feature readout reads the pretraining checkpoint itself
             target = "mmseg" if framework == "mmseg" else "detectron2"
-            conv = self.work / "converted" / method / f"seed{seed}.{'pth' if target == 'mmseg' else 'pkl'}"
+            conv = converted_path(self.work, method, seed, target)
             if not conv.is_file():  # converted/ is the bench's own: a killed conversion's sidecar may be replaced
                 convert(ckpt, target, conv, force=True)
             config = self._path(spec["config"])
@@ -284,14 +286,16 @@ class Bench:
             options.update({f"{s}_dataloader.dataset.data_root": str(synthetic) for s in ("train", "val", "test")})
         # a limited-label readout (FlowE Table 6) trains on a seeded subset; evaluation is never subsampled
         fraction = {"label_fraction": spec["label_fraction"], "label_seed": seed} if "label_fraction" in spec else {}
-        cfg = load_cfg(config, work, str(conv), options, **fraction)
+        cfg = load_cfg(config, work, str(conv), options, self.mmseg_launcher, **fraction)
+        self._keep_paper_batch(config, cfg, spec, terminal)
         runner = Runner.from_cfg(cfg)
         with tqdm(total=cfg.train_cfg.get("max_iters"), desc=f"readout {spec['name']}", file=terminal,
                   dynamic_ncols=True, leave=False) as bar:
             runner.register_hook(_progress_hook(bar))
             started = time.time()
             runner.train()
-        run_test(load_cfg(config, work, str(conv), options), str(trained_checkpoint(runner, work, started)), out)
+        run_test(load_cfg(config, work, str(conv), options, self.mmseg_launcher),
+                 str(trained_checkpoint(runner, work, started)), out)
 
     def _probe_readout(self, method: str, seed: int, ckpt: Path, spec: dict[str, Any], synthetic: Path | None,
                        out: Path) -> None:
@@ -327,8 +331,11 @@ class Bench:
             options.update({"DATASETS.LABEL_FRACTION": spec["label_fraction"], "DATASETS.LABEL_SEED": seed})
         opts = [f"{k} {v}" for k, v in options.items()]
         cmd = [sys.executable, "-m", "flowssl.d2_train_net", "--config-file", str(config),
+               "--num-gpus", str(self.readout_devices),  # detectron2's own launcher: a process per GPU
                *(["--synthetic-root", str(synthetic)] if synthetic else []), "MODEL.WEIGHTS", str(conv),
                "OUTPUT_DIR", str(work), "SEED", str(seed), *" ".join(opts).split()]
+        print(f"[bench] readout {spec['name']}: SOLVER.IMS_PER_BATCH is detectron2's global batch, split over "
+              f"{self.readout_devices} GPU(s); lr as configured", file=terminal, flush=True)
         metrics = work / "metrics.json"  # detectron2's JSONWriter: one line per logging period
         with open(log, "a") as f, tqdm(total=options.get("SOLVER.MAX_ITER"), desc=f"readout {spec['name']}",
                                        file=terminal, dynamic_ncols=True, leave=False) as bar:
@@ -346,23 +353,80 @@ class Bench:
     def run(self) -> str:
         from .tables import render
 
-        synthetic = None if self.print_only else self.synthetic_root()
-        names = list(self.plan.methods) + [m for m in self.plan.get("checkpoints", {}) if m not in self.plan.methods]
+        self.check_readout_batches()
+        synthetic = self.synthetic_root()
         for seed in self.seeds:
-            for method in names:
-                if not self.print_only:
-                    print(f"[bench] seed {seed} {method}: pretraining", flush=True)
+            for method in self.method_names():
+                print(f"[bench] seed {seed} {method}: pretraining", flush=True)
                 ckpt = self.pretrain(method, seed)
-                if self.print_only:
-                    print(ckpt)
-                    for spec in self.plan.readouts:
-                        print(f"# then: {spec['framework']} readout {spec['name']} on {spec['dataset']} "
-                              f"({spec.get('config', 'frozen stride-8 features')}) with the converted checkpoint")
-                    continue
                 for spec in self.plan.readouts:
                     print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']} ...", flush=True)
                     state = self.readout(method, seed, Path(ckpt), dict(spec), synthetic)
                     print(f"[bench] seed {seed} {method} {spec['name']}/{spec['dataset']}: {state}", flush=True)
-        if self.print_only:
-            return ""
         return render(self.work / "results", "md", measured_only=True)  # what this plan ran, nothing else
+
+    def method_names(self) -> list[str]:
+        """The methods in the plan's order: pretrained ones, then checkpoints trained elsewhere."""
+        return list(self.plan.methods) + [m for m in self.plan.get("checkpoints", {}) if m not in self.plan.methods]
+
+    # -- the paper's readout batch ----------------------------------------------------------------
+    def check_readout_batches(self) -> None:
+        """Before any compute: every mmseg readout either gets its config's GPU count (``NxbM`` in
+        its name) as ``readout_devices``, or the plan names a ``readout_batch_rule`` for fewer."""
+        rule = self.plan.get("readout_batch_rule")
+        if rule is not None and rule not in READOUT_BATCH_RULES:
+            raise ConfigError(f"plan {self.plan_path}: readout_batch_rule must be one of {READOUT_BATCH_RULES} "
+                              f"(or unset: refuse fewer devices than a readout config's GPUs), got {rule!r}")
+        for spec in self.plan.readouts:
+            if spec["framework"] == "mmseg":
+                config = self._path(spec["config"])
+                readout_batch(config, paper_gpus(config)[1], self.readout_devices, rule, self._where(spec))
+
+    def _where(self, spec: dict[str, Any]) -> str:
+        return f"plan {self.plan_path.name}, readout '{spec['name']}'"
+
+    def _keep_paper_batch(self, config: Path, cfg: Config, spec: dict[str, Any], terminal: IO[str]) -> None:
+        """Scale the readout's lr when it trains on fewer devices than its config's GPUs (by the plan's
+        rule, else refused), and log the effective batch and lr, as pretraining does."""
+        batch, factor, line = readout_batch(config, cfg.train_dataloader.batch_size, self.readout_devices,
+                                            self.plan.get("readout_batch_rule"), self._where(spec))
+        optimizer = cfg.optim_wrapper.get("optimizer", {})
+        if "lr" in optimizer:
+            optimizer["lr"] = optimizer["lr"] * factor
+            line += f", lr {optimizer['lr']:.4g}"
+        print(f"[bench] readout {spec['name']}: {line}", file=terminal, flush=True)
+        print(f"flowssl bench: readout {spec['name']}: {line}", flush=True)  # into the readout's log
+
+
+READOUT_BATCH_RULES = ("linear_lr", "sqrt_lr")
+_GPUS_IN_NAME = re.compile(r"_(\d+)xb(\d+)[-_.]")  # mmseg's config naming: {gpus}xb{batch per GPU}
+
+
+def paper_gpus(config: Path) -> tuple[int, int]:
+    """(GPUs, batch per GPU) an mmseg config was tuned for, from mmseg's naming rule (``_8xb2-60k_`` →
+    8 GPUs × 2); (1, 0) when the name does not say (the config's batch is then the batch)."""
+    m = _GPUS_IN_NAME.search(Path(config).name)
+    return (int(m[1]), int(m[2])) if m else (1, 0)
+
+
+def readout_batch(config: Path, per_device: int, devices: int, rule: str | None, where: str
+                  ) -> tuple[int, float, str]:
+    """(effective batch, lr factor, what to log) of an mmseg readout trained on ``devices`` processes
+    of ``per_device`` images. The config's lr is tuned for its GPUs × ``per_device``; on another count
+    the lr is scaled by ``rule`` (pretraining's ``linear_lr`` / ``sqrt_lr``), or, without one, refused:
+    an ``8xb2`` config on one process silently trains at batch 2 with the lr of batch 16."""
+    from pretrain.trainer import batch_plan
+
+    gpus, _ = paper_gpus(config)
+    paper, batch = gpus * per_device, devices * per_device
+    if devices == gpus:
+        return batch, 1.0, f"effective batch {batch} = {devices} device(s) × {per_device} (the config's)"
+    if rule is None:
+        raise ConfigError(
+            f"{where}: {Path(config).name} is tuned for batch {paper} = {gpus} GPUs × {per_device}, but it would "
+            f"train on {devices} device(s) (batch {batch}): run the bench with --launcher slurm (one job with "
+            f"{gpus} GPUs per readout), or set readout_batch_rule='linear_lr' (or 'sqrt_lr') in the plan to scale "
+            "its lr")
+    _, factor = batch_plan(paper, per_device, devices, rule=rule)
+    return batch, factor, (f"effective batch {batch} = {devices} device(s) × {per_device} (config: {paper} = "
+                           f"{gpus} GPUs × {per_device}), lr ×{factor:.4g} by readout_batch_rule '{rule}'")

@@ -271,8 +271,31 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=("tiny",), help="tiny: the CPU reproduction on the synthetic video")
     p.add_argument("--work-dir", help="default: work_dirs/bench_<plan name>")
     p.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
-    p.add_argument("--print-commands", action="store_true", help="print pretraining commands for a cluster")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print the commands a cluster runs (multi-GPU torchrun, every conversion and readout, "
+                        "absolute paths); --launcher slurm --dry-run shows them as sbatch scripts")
+    _add_launcher_arguments(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _add_launcher_arguments(p: argparse.ArgumentParser) -> None:
+    """``flowssl bench``'s jobs (flowssl/launch.py); the plan's ``slurm = dict(...)`` sets the same keys."""
+    p.add_argument("--launcher", default="inprocess", metavar="{inprocess,local,slurm}",
+                   help="inprocess (default): every step here, one after another; local: each step a submitit job "
+                        "on this machine; slurm: submitit jobs chained by dependencies, requeued on time-out")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--nodes", type=int, help="nodes per pretraining job (default: the plan's slurm.nodes, else 1)")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: the plan's slurm.gpus_per_node, else 8)")
+    p.add_argument("--timeout", type=int, metavar="MIN",
+                   help="wall-clock limit per job in minutes (SLURM --time, default 1440); a job reaching it saves "
+                        "and is requeued")
+    p.add_argument("--account", help="SLURM account")
+    p.add_argument("--qos", help="SLURM quality of service")
+    p.add_argument("--constraint", help="SLURM node constraint")
+    p.add_argument("--dry-run", action="store_true", help="--launcher slurm: build the jobs and write their sbatch "
+                                                          "scripts, submit nothing")
+    p.add_argument("--status", action="store_true",
+                   help="each step's state: queued / running / requeued n times / done / failed (with its log)")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -282,8 +305,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError("give a plan file or --preset tiny")
     plan = PRESETS[args.preset] if args.preset else Path(args.plan)
     work = args.work_dir or str(Path("work_dirs") / f"bench_{Path(plan).stem}")
-    table = Bench(plan, work, args.seeds, args.print_commands).run()
-    print(table, end="")
+    from .launch import bench_command
+
+    print(bench_command(Bench(plan, work, args.seeds), args), end="")
     return 0
 
 

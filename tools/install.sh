@@ -92,14 +92,15 @@ else
   "$VPY" -c "import mmcv.ops" || die "mmcv installed but its ops do not import; delete $WHEELS and run again"
 fi
 
-step "flowssl and the rest of the stack"
+step "flowssl and the rest of the stack (submitit included: flowssl bench --launcher slurm)"
 pip_i -e "$REPO[all]"
 
 step "check"
 "$VPY" - <<'PY'
-import torch, torchvision, mmcv, mmcv.ops, mmengine, mmseg, cv2
+import torch, torchvision, mmcv, mmcv.ops, mmengine, mmseg, cv2, submitit
 print(f"torch {torch.__version__}  torchvision {torchvision.__version__}  mmcv {mmcv.__version__}  "
-      f"mmengine {mmengine.__version__}  mmseg {mmseg.__version__}  opencv {cv2.__version__}")
+      f"mmengine {mmengine.__version__}  mmseg {mmseg.__version__}  opencv {cv2.__version__}  "
+      f"submitit {submitit.__version__}")
 try:
     import detectron2
     print(f"detectron2 {detectron2.__version__} (found)")

@@ -25,12 +25,13 @@ from mmengine.config import Config
 
 from d2_plugin.export import convert  # the library's, plus detectron2's config keys for --to detectron2
 from pretrain.config import CONFIG_DIR, ConfigError, load_config, resolve_config
-from pretrain.fileio import write_text_atomic
+from pretrain.fileio import save_atomic, write_text_atomic
 
 PRESETS = {"tiny": CONFIG_DIR / "bench" / "tiny.py"}
 
 
 READOUT_KEYS = ("name", "framework", "config", "dataset")
+PREDICTION_FILE = "prediction_val0.pt"  # a feature readout's prediction on the first val frame
 # framework="probe": the feature readouts of pretrain.probe (no config, no conversion), and their options
 PROBE_OPTIONS = {"linear_probe": ("max_iter", "tol"), "knn": ("k", "temperature")}
 # method, readout and dataset names become folders under the work dir: plain names only, never a path
@@ -317,6 +318,8 @@ class Bench:
         result = probe.read_out(spec["name"], feats["train"], train_labels, feats["val"], val_labels,
                                 len(SYNTHETIC_CLASSES), **dict(spec.get("options", {})))
         print(f"{spec['name']} of {ckpt}: mIoU {result.miou:.2f}; {result.fit}; features {info}", flush=True)
+        # the first val frame's prediction (label ids), for the demo's picture
+        save_atomic(result.predictions[0].clone(), out.parent / PREDICTION_FILE)
         write_results({"framework": "probe", "readout": spec["name"], "backbone_checkpoint": str(ckpt),
                        "backbone_readout": "encoder", "bn_recalibrated": recalibrate, "fit": result.fit,
                        "metrics": result.metrics(SYNTHETIC_CLASSES),

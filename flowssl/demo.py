@@ -17,13 +17,44 @@ DEMO_CONFIGS = {p.name.removesuffix(_SUFFIX): p for p in sorted((CONFIG_DIR / "p
 DEMO_CONFIGS["imagenet_supervised"] = CONFIG_DIR / "pretrain" / "imagenet_supervised_r50.py"
 
 
-def run_table_demo(work_dir: Path) -> str:
+def demo_picture(work_dir: Path, seed: int = 0, methods: tuple[str, ...] = ("flowe", "byol"),
+                 readout: str = "linear_probe") -> Path | None:
+    """One picture of what the table measured: the first val frame and its labels, the ``methods``'
+    stride-8 features in ONE PCA basis fitted across them (same colour, same direction), and their
+    ``readout`` predictions, side by side. None when the run has no such readout for them."""
+    import torch.nn.functional as F
+
+    from pretrain.fileio import safe_torch_load
+    from pretrain.probe import read_cityscapes_split
+    from pretrain.readout import SYNTHETIC_PALETTE
+
+    from .bench import PREDICTION_FILE
+    from .show import compare_embeddings, label_colours, write_panel
+
+    feats, preds = {}, {}
+    for m in methods:
+        cache = work_dir / "features" / m / f"seed{seed}" / "val.pt"
+        pred = work_dir / "results" / m / "synthetic" / readout / f"seed{seed}" / PREDICTION_FILE
+        if not (cache.is_file() and pred.is_file()):
+            return None
+        feats[m] = safe_torch_load(cache, what="feature cache")["features"][0].float()
+        preds[m] = safe_torch_load(pred, what="prediction")
+    images, labels, _ = read_cityscapes_split(work_dir / "data" / "synthetic_cityscapes", "val")
+    frame, size = images[0].float() / 255, tuple(images.shape[-2:])
+    tiles = {"val frame": frame, "labels": label_colours(labels[0], SYNTHETIC_PALETTE)}
+    for m, pca in compare_embeddings(feats).items():
+        tiles[f"{m} features (shared PCA)"] = F.interpolate(pca[None], size=size, mode="nearest")[0]
+    tiles.update({f"{m} {readout}": label_colours(preds[m], SYNTHETIC_PALETTE) for m in methods})
+    return write_panel(tiles, work_dir / "demo.png", columns=2)
+
+
+def run_table_demo(work_dir: Path, plan: str | Path | None = None) -> str:
     """The default demo: the tiny benchmark for one seed — every method of ``configs/bench/tiny.py``
     pretrained on the crowded synthetic street with one budget, read out frozen (DeepLab v1, and
     Faster R-CNN C4 when detectron2 is installed) on held-out videos."""
     from .bench import PRESETS, Bench
 
-    bench = Bench(PRESETS["tiny"], work_dir, seeds=[0])
+    bench = Bench(plan or PRESETS["tiny"], work_dir, seeds=[0])
     methods = list(bench.plan.methods)
     iters = int(bench.plan.get("pretrain_options", {}).get("max_iters", 0))
     print(f"pretraining {len(methods)} methods ({', '.join(methods)}) on the synthetic street video and reading "
@@ -31,6 +62,10 @@ def run_table_demo(work_dir: Path) -> str:
     t0 = time.perf_counter()
     table = bench.run()
     print(table, end="")
+    picture = demo_picture(work_dir)
+    if picture is not None:
+        print(f"\npicture: {picture} (a val frame, its labels, FlowE's and BYOL's features in one PCA basis, "
+              "their linear-probe predictions)")
     print(f"\nwall time: {(time.perf_counter() - t0) / 60:.1f} min\n"
           f"checkpoints:      {work_dir / 'pretrain'}/<method>/seed0/iter_*.pth\n"
           f"readout results:  {work_dir / 'results'}/<method>/synthetic/<readout>/seed0/results.json\n"
@@ -38,7 +73,7 @@ def run_table_demo(work_dir: Path) -> str:
           "next:\n"
           f"  flowssl show embeddings {work_dir}/pretrain/flowe/seed0/iter_{iters:07d}.pth IMAGE.png --out emb.png\n"
           "  flowssl bench --preset tiny            # all 3 seeds, mean ± std\n"
-          "  flowssl bench configs/bench/paper_bdd100k.py --print-commands   # the paper's runs, for a cluster")
+          "  flowssl bench configs/bench/paper_bdd100k.py --launcher slurm --dry-run   # the paper's jobs, for SLURM")
     return table
 
 

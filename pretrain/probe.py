@@ -75,6 +75,7 @@ class ReadoutResult:
     confusion: torch.Tensor  # [K, K]: rows ground truth, columns prediction (pixels)
     fit: dict[str, Any] = field(default_factory=dict)  # linear probe: iterations, converged, loss
     per_image: torch.Tensor | None = None  # [N, K, K]: each val image's confusion, for bootstrap intervals
+    predictions: torch.Tensor | None = None  # [N, H, W] uint8: the full-resolution prediction per val image
 
     def metrics(self, class_names: Sequence[str]) -> dict[str, float]:
         """``aAcc``, ``mIoU``, ``mAcc`` and ``IoU.<class>`` in percent: the keys mmseg's readout writes."""
@@ -121,14 +122,16 @@ def score(class_scores: torch.Tensor, labels: torch.Tensor, num_classes: int, ba
     :func:`bootstrap_miou`)."""
     check_labels(labels, num_classes)
     per_image = torch.zeros(len(labels), num_classes, num_classes, dtype=torch.long)
+    predictions = torch.zeros(labels.shape, dtype=torch.uint8)
     for i in range(0, len(labels), batch):
         up = F.interpolate(class_scores[i:i + batch].float(), size=labels.shape[-2:], mode="bilinear",
                            align_corners=False)
         for j, (pred, label) in enumerate(zip(up.argmax(1), labels[i:i + batch], strict=True)):
             per_image[i + j] = confusion_matrix(pred, label, num_classes)
+            predictions[i + j] = pred
     conf = per_image.sum(0)
     miou, iou = iou_from_confusion(conf)
-    return ReadoutResult(miou, iou, conf, per_image=per_image)
+    return ReadoutResult(miou, iou, conf, per_image=per_image, predictions=predictions)
 
 
 def bootstrap_miou(per_image: Sequence[torch.Tensor], samples: int = 1000, level: float = 0.95,

@@ -116,7 +116,15 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--source", default="dis", help="flow source: dis (default) or raft")
     pre.add_argument("--checkpoint", help="RAFT weights (local file)")
     pre.add_argument("--scale", type=float, default=64.0, help="fixed-point scale: 1/scale px precision")
-    pre.add_argument("--device", default="cpu")
+    pre.add_argument("--device", default="cpu",
+                     help="cpu, cuda (under torchrun/srun: each process its local rank's GPU) or cuda:N")
+    pre.add_argument("--batch-size", type=int, default=4,
+                     help="pairs per call of the flow source (RAFT on the device); shards of one cache must agree")
+    pre.add_argument("--workers", type=int, default=2, help="threads reading frames and writing PNGs")
+    pre.add_argument("--shard", help="compute shard I of N (0 <= I < N) of the pairs; default: the rank and world "
+                                     "of torchrun/srun, times the SLURM job-array task, else one shard")
+    pre.add_argument("--merge", action="store_true",
+                     help="only write flow_cache.json from the shards' records (the last shard does it itself)")
     pre.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     pre.set_defaults(func=cmd_flow_precompute)
     _add_pair_arguments(fsub.add_parser("show", help="PNGs of flow, occlusion and warped-frame error for a frame pair"))
@@ -145,10 +153,11 @@ def _source_cfg(args: argparse.Namespace, config_flow: dict | None = None) -> di
 
 def cmd_flow_precompute(args: argparse.Namespace) -> int:
     from pretrain.api import load_config
+    from pretrain.dist import launch_ranks
     from pretrain.flow.sources import build_flow_source
     from pretrain.registry import DATASETS, build_from
 
-    from .flow_tools import precompute_cache
+    from .flow_tools import merge_shards, parse_shard, precompute_cache, shard_from_env
 
     cfg = load_config(args.config, args.cfg_options)
     data = dict(cfg.data)
@@ -158,12 +167,25 @@ def cmd_flow_precompute(args: argparse.Namespace) -> int:
         raise ConfigError(f"data type '{data['type']}' has no fixed list of frame pairs to precompute "
                           "(use FrameFolderPairs or CityscapesSequencePairs)")
     keys = [dataset.pair_key(a, b) for a, b in dataset.pairs]
+    if args.merge:
+        merge_shards(Path(args.out), keys)
+        print(f"flow cache {args.out}: merged {Path(args.out) / 'flow_cache.json'}")
+        return 0
+    index, count = parse_shard(args.shard) if args.shard else shard_from_env()
+    device = args.device
+    if device == "cuda" and count > 1:  # one GPU per process of torchrun/srun (a job array's task sees its own)
+        device = f"cuda:{launch_ranks()[1]}"
     model_flow = (cfg.get("model") or {}).get("flow")
     source = build_flow_source(_source_cfg(args, dict(model_flow) if model_flow else None))
-    counts = precompute_cache(dataset.pairs, keys, Path(args.out), source,
-                              args.scale, args.device)
-    print(f"flow cache {args.out}: {counts['done']} computed, {counts['skipped']} already there, "
-          f"{counts['unreadable']} unreadable")
+    counts = precompute_cache(dataset.pairs, keys, Path(args.out), source, args.scale, device,
+                              shard=(index, count), batch_size=args.batch_size, workers=args.workers)
+    which = f", shard {index}/{count}" if count > 1 else ""
+    line = (f"flow cache {args.out}{which}: {counts['done']} computed, {counts['skipped']} already there, "
+            f"{counts['unreadable']} unreadable")
+    if count > 1:
+        line += (f"; all {count} shards finished, wrote flow_cache.json" if counts["merged"] else
+                 f"; {counts['finished_shards']} of {count} shards finished (the last one writes flow_cache.json)")
+    print(line)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Each owns one concern and the files of that concern in the work dir: ``iter_*.pth``
 (:class:`CheckpointHook`), ``metrics.jsonl`` and ``tensorboard/`` (:class:`MetricsWriter`),
-``log.txt`` (:class:`TextLog`); the terminal's progress bar (:class:`ProgressBar`); SIGTERM/SIGINT
+``log.txt`` (:class:`TextLog`); the terminal's progress bar (:class:`ProgressBar`); SIGTERM/SIGUSR2/SIGINT
 (:class:`SignalHook`); and the stop after too many skipped steps (:class:`DivergenceGuard`). They
 read the trainer through ``self.trainer``: ``iteration``, ``max_iters``, ``logs`` of the last step
 and, for the checkpoint, ``checkpoint_state()`` and the checks a checkpoint must pass.
@@ -93,20 +93,40 @@ class CheckpointHook(HookBase):
             self.save()
 
 
+# What a scheduler sends before it ends a job: SIGTERM (preemption, ``timeout``, Kubernetes), SIGUSR2
+# (submitit's time-out/preemption signal, SLURM ``--signal=USR2@90``) and SIGINT (Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+def _chains(handler: Any) -> bool:
+    """Whether a handler installed before the run should still get the signal once the checkpoint is
+    saved: a Python function someone else set (submitit's requeue handler) — not the defaults."""
+    return callable(handler) and handler is not signal.default_int_handler
+
+
 class SignalHook(HookBase):
-    """SIGTERM (cluster preemption, ``timeout``) or SIGINT (Ctrl-C) during the run: finish the step,
-    save its checkpoint (unless :class:`CheckpointHook` just did) and raise
-    :class:`TrainingInterrupted` (the CLI exits 128 + signal). All ranks agree before stopping."""
+    """A stop signal (:data:`STOP_SIGNALS`) during the run: finish the step, save its checkpoint
+    (unless :class:`CheckpointHook` just did) and raise :class:`TrainingInterrupted` (the CLI exits
+    128 + signal: 143 for SIGTERM, 140 for SIGUSR2). All ranks agree before stopping.
+
+    Cooperation with a launcher's own handler: the handlers found at the start are put back at the
+    end, and when the run stopped on a signal whose previous handler was a Python function (in a
+    submitit job, submitit's ``checkpoint_and_try_requeue`` for USR2 and its logging ``bypass`` for
+    SIGTERM), that handler is called with the signal after the checkpoint is on disk and every hook
+    has closed its files — so submitit requeues the job (and exits) only once there is an iteration to
+    resume from. If it returns (submitit on a rank other than 0), TrainingInterrupted follows."""
 
     def __init__(self, checkpointer: CheckpointHook) -> None:
         self.checkpointer = checkpointer
         self._old: dict[int, Any] = {}
+        self.stopped_by: int | None = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.trainer.request_stop(signum)
 
     def before_train(self) -> None:
-        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.stopped_by = None
+        self._old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def after_step(self) -> None:
         sig = self.trainer.agreed_stop_signal()
@@ -114,12 +134,18 @@ class SignalHook(HookBase):
             return
         ckpt = self.checkpointer
         path = ckpt.last if ckpt.saved_at == self.trainer.iteration else ckpt.save()
+        self.stopped_by = sig
         raise TrainingInterrupted(sig, path)
 
     def after_train(self) -> None:
-        for s, handler in self._old.items():
+        old, self._old = self._old, {}
+        for s, handler in old.items():
             signal.signal(s, handler)
-        self._old = {}
+        previous = old.get(self.stopped_by) if self.stopped_by is not None else None
+        if _chains(previous):  # registered last: every other hook's after_train has run
+            log.info("checkpoint saved; handing %s to the handler installed before the run (the launcher's)",
+                     signal.Signals(self.stopped_by).name)
+            previous(self.stopped_by, None)
 
 
 class ProgressBar(HookBase):

@@ -10,6 +10,7 @@ call ``run_step`` alone and a benchmark times the very step training runs.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import weakref
 from collections.abc import Iterable
@@ -28,10 +29,11 @@ class DivergenceError(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after a SIGTERM/SIGINT once the checkpoint of the current iteration is saved."""
+    """Raised after a stop signal (SIGTERM, SIGUSR2, SIGINT) once the checkpoint of the current
+    iteration is saved."""
 
     def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signum}; checkpoint saved to {checkpoint}")
+        super().__init__(f"stopped by {signal.Signals(signum).name} ({signum}); checkpoint saved to {checkpoint}")
         self.signum, self.checkpoint = signum, checkpoint
 
 

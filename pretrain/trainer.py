@@ -34,6 +34,7 @@ from .fileio import CheckpointError, load_checkpoint, remove_stale_temps, write_
 from .hooks import (
     LOG_FILE,
     METRICS_FILE,
+    STOP_SIGNALS,
     CheckpointHook,
     DivergenceGuard,
     MetricsWriter,
@@ -125,11 +126,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a cluster's SIGTERM (or a terminal's SIGINT) goes to the whole
-    process group; workers must outlive it so the main process can save the current iteration and
-    shut them down itself. (torch's own worker handler makes SIGTERM from anyone but the parent fatal.)"""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: a cluster's SIGTERM or SIGUSR2 (or a terminal's SIGINT) goes to
+    the whole process group; workers must outlive it so the main process can save the current
+    iteration and shut them down itself. (torch's own worker handler makes SIGTERM from anyone but the
+    parent fatal; SIGUSR2's default action ends a process.)"""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def data_workers(setting: int | str) -> int:
@@ -570,7 +572,7 @@ class Trainer(TrainerBase):
 
     # -- stopping -------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGINT) -> None:
-        """Ask the run to save and stop after the current step (what SIGTERM/SIGINT do)."""
+        """Ask the run to save and stop after the current step (what SIGTERM/SIGUSR2/SIGINT do)."""
         self._stop_signal = signum
 
     def agreed_stop_signal(self) -> int | None:

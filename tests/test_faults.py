@@ -192,10 +192,12 @@ def _final_params(path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in load_checkpoint(path)["model"].items() if "num_batches" not in k}
 
 
-def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path):
-    """What SLURM preemption, Kubernetes and ``timeout`` do: SIGTERM to every process of the job,
-    DataLoader workers included. The run saves the current iteration and exits 143; ``--resume``
-    then ends on the same weights as an uninterrupted run."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_stop_signal_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path, sig):
+    """What SLURM preemption, Kubernetes and ``timeout`` do (SIGTERM), and what SLURM's
+    ``--signal=USR2@90`` (submitit's time-out) does: the signal to every process of the job,
+    DataLoader workers included. The run saves the current iteration and exits 128 + signal
+    (143, 140); ``--resume`` then ends on the same weights as an uninterrupted run."""
     opts = {**TINY, "max_iters": 12, "checkpoint_interval": 100, "num_workers": 1}
     cut = tmp_path / "cut"
     # the same thread count as this process, so float sums happen in the same order in both runs
@@ -208,9 +210,9 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGTERM)  # the whole group: main process and its worker
+    os.killpg(proc.pid, sig)  # the whole group: main process and its worker
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert proc.returncode == 128 + sig, err.decode()[-2000:]
     assert b"Traceback" not in err, err.decode()[-2000:]
     (it, ckpt), = checkpoints_in(cut)
     assert 1 <= it < 12 and load_checkpoint(ckpt)["iteration"] == it

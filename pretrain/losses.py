@@ -268,6 +268,35 @@ def flow_bin_classification_loss(logits: torch.Tensor, flow: torch.Tensor, bins:
     return F.cross_entropy(lx, target[..., 0]) + F.cross_entropy(ly, target[..., 1])
 
 
+# -- the supervised ceiling (issue 23's oracle) ----------------------------------------------------
+
+@fp32
+def cell_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
+                            ignore_index: int = 255) -> torch.Tensor:
+    """Per-pixel cross-entropy at the logits' stride s: each labelled pixel p is scored against the
+    log-softmax of the s×s cell that holds it,
+
+        L = Σ_p w(y_p) · (−log softmax(z_cell(p))_y_p) / Σ_p w(y_p),
+
+    with class weights ``w`` [K] (all 1 by default; ``F.cross_entropy``'s weighted mean). Equal to the
+    soft-target cross-entropy of each cell against its pixels' label counts, which is how it is
+    computed. ``logits`` [B,K,h,w], ``labels`` [B,h·s,w·s] (long; ``ignore_index`` left out)."""
+    b, k, h, w = logits.shape
+    height, width = labels.shape[-2:]
+    s = height // h
+    if s < 1 or (height, width) != (h * s, w * s):
+        raise ValueError(f"labels of {height}×{width} are not a whole stride of the {h}×{w} logits")
+    valid = labels != ignore_index
+    if valid.any() and (labels[valid].min() < 0 or labels[valid].max() >= k):
+        raise ValueError(f"labels must be class ids 0..{k - 1} (or {ignore_index}, ignored) for {k} logit channels; "
+                         f"got {labels[valid].min().item()}..{labels[valid].max().item()}")
+    onehot = F.one_hot(torch.where(valid, labels, 0), k).permute(0, 3, 1, 2).to(logits.dtype)
+    counts = F.avg_pool2d(onehot * valid[:, None], s) * (s * s)          # [B,K,h,w] pixels per class
+    if weight is not None:
+        counts = counts * weight.to(logits.dtype)[None, :, None, None]
+    return -(counts * torch.log_softmax(logits, 1)).sum() / counts.sum().clamp(min=1e-12)
+
+
 # -- S3-CNN grouping losses (Mahendran et al. 2018) ------------------------------------------------
 
 def _affine_design(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

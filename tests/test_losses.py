@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pretrain.losses import (
     affine_motion_loss,
     byol_loss,
+    cell_cross_entropy_loss,
     equivariance_loss,
     flow_bin_classification_loss,
     histogram_entropy_loss,
@@ -79,6 +81,37 @@ def test_flow_bin_classification_loss_is_the_cross_entropy_of_the_bins():
             row = logits[0, axis * bins:(axis + 1) * bins, n].tolist()
             by_hand += (math.log(sum(math.exp(v) for v in row)) - row[k]) / 4
     torch.testing.assert_close(flow_bin_classification_loss(logits, flow, bins), torch.tensor(by_hand))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cell_cross_entropy_is_each_pixels_cross_entropy_against_its_cells_logits(weighted):
+    """The oracle's loss written out: stride 2, pixel (y, x) reads the logits of cell (y // 2, x // 2);
+    the mean of w(label)·(log Σ_k e^{z_k} − z_label) over labelled pixels, divided by Σ w(label)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 2, 3)
+    labels = torch.randint(0, 3, (2, 4, 6))
+    labels[0, 1, 2] = labels[1, 3, 5] = 255
+    weight = torch.tensor([0.2, 1.0, 3.0]) if weighted else torch.ones(3)
+    total, norm = 0.0, 0.0
+    for b in range(2):
+        for y in range(4):
+            for x in range(6):
+                c = int(labels[b, y, x])
+                if c == 255:
+                    continue
+                z = logits[b, :, y // 2, x // 2].tolist()
+                total += weight[c].item() * (math.log(sum(math.exp(v) for v in z)) - z[c])
+                norm += weight[c].item()
+    loss = cell_cross_entropy_loss(logits, labels, weight if weighted else None)
+    torch.testing.assert_close(loss, torch.tensor(total / norm))
+    if not weighted:  # at stride 1 it is F.cross_entropy
+        full = torch.randn(2, 3, 4, 6)
+        expected = F.cross_entropy(full, labels, ignore_index=255)
+        torch.testing.assert_close(cell_cross_entropy_loss(full, labels), expected)
+    with pytest.raises(ValueError, match="not a whole stride"):
+        cell_cross_entropy_loss(logits, labels[:, :3])
+    with pytest.raises(ValueError, match="class ids 0..2"):
+        cell_cross_entropy_loss(logits, torch.full((2, 4, 6), 3))
 
 
 def test_affine_motion_loss_is_the_charbonnier_residual_of_per_region_weighted_fits():

@@ -23,9 +23,9 @@ from pretrain.losses import (
     histogram_entropy_loss,
     normalize_flow_log,
 )
-from pretrain.objectives import FlowClassification, ImageNetSupervised
+from pretrain.objectives import FlowClassification, ImageNetSupervised, Oracle
 from pretrain.objectives.crosspixel import gather_points, sample_points
-from pretrain.registry import OBJECTIVES, build_from
+from pretrain.registry import DATASETS, OBJECTIVES, build_from
 
 from .conftest import REPO
 
@@ -317,3 +317,50 @@ def test_the_registry_imports_the_objectives_and_datasets_it_names(first):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["FlowE", "SyntheticPairs", str(len(OBJECTIVES.module_dict))]
+
+
+# -- the oracle (issue 23): supervised on the pretraining videos' labels --------------------------
+
+def test_labelled_views_crop_resize_and_flip_the_labels_with_the_image():
+    """A block image whose value encodes its block's label: after the shared random resized crop and
+    flip (colour distortion off), the nearest-resized labels still read off the bilinear image, except
+    on the one-pixel seams between blocks."""
+    from pretrain.data.augment import BYOLViews
+
+    labels = (torch.arange(4)[:, None] * 8 + torch.arange(8)[None]).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    image = (labels.float() / 32)[None].repeat(3, 1, 1)  # 64×128, 16×16-px blocks, 32 labels
+    views = BYOLViews((32, 64), scale=(0.2, 1.0))
+    views.colour1 = lambda x: x  # geometry only
+    flipped = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = views.labelled(image, labels)
+        assert out["label"].shape == (32, 64) and out["label"].dtype == labels.dtype
+        assert out["image"].shape == (3, 32, 64) and type(out["label"]) is torch.Tensor
+        agree = (out["image"][0] * 32).round().long() == out["label"]
+        assert agree.float().mean() > 0.6, seed
+        flipped += int(out["label"][0, 0] > out["label"][0, -1])
+    assert 0 < flipped < 6  # the flip happened, to image and labels alike
+
+
+def test_oracle_trains_on_the_labels_lowers_its_loss_and_exports_its_encoder_alone(tmp_path):
+    from pretrain.convert import convert
+
+    opts = {**SMOKE, "max_iters": 12, "checkpoint_interval": 12, "batch_size": 4, "log_interval": 1,
+            "data.height": 64, "data.width": 128, "data.crop_size": (32, 64), "data.num_videos": 4}
+    cfg = load_config(DEMO_CONFIGS["oracle"], opts)
+    sample = build_from(DATASETS, dict(cfg.data), "dataset", "data")[0]
+    assert sample["image"].shape == (3, 32, 64) and sample["label"].shape == (32, 64)
+    assert sample["label"].max() < 6
+    ckpt_path = Trainer(cfg, tmp_path).train()
+    losses = [json.loads(r)["loss"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3  # from ≈ ln 6 towards the labels' entropy
+    assert last < 0.7 * first, (first, last)
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["meta"]["method"] == "oracle" and any(k.startswith("head.") for k in ckpt["model"])
+    assert set(ckpt["encoder"]) == {k[len("encoder."):] for k in ckpt["model"] if k.startswith("encoder.")}
+    sidecar = convert(ckpt_path, "torchvision", tmp_path / "tv.pth")
+    assert sidecar["method"] == "oracle"
+    assert set(torch.load(tmp_path / "tv.pth", weights_only=True)) == set(ckpt["encoder"])
+    with pytest.raises(KeyError, match="labels=True"):
+        Oracle({"arch": "resnet14"})({"view1": torch.zeros(1, 3, 32, 32)})

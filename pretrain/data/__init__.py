@@ -4,8 +4,9 @@ from .datasets import SyntheticFrames, sample_seed
 from .frames import ImageFolderViews
 from .pairs import CityscapesSequencePairs, FrameFolderPairs, SyntheticPairs, VideoPairs
 from .synthetic import CLASSES, MovingShapesVideo, write_cityscapes_layout
+from .world_v3 import ShapeFamiliesVideo
 
 __all__ = [
     "CLASSES", "CityscapesSequencePairs", "FrameFolderPairs", "ImageFolderViews", "MovingShapesVideo",
-    "SyntheticFrames", "SyntheticPairs", "VideoPairs", "sample_seed", "write_cityscapes_layout",
+    "ShapeFamiliesVideo", "SyntheticFrames", "SyntheticPairs", "VideoPairs", "sample_seed", "write_cityscapes_layout",
 ]

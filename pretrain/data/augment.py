@@ -56,11 +56,18 @@ class BYOLViews:
 
     def __init__(self, size: tuple[int, int], scale: tuple[float, float] = (0.08, 1.0)) -> None:
         aspect = size[1] / size[0]
-        crop = v2.Compose([v2.RandomResizedCrop(size, scale=scale, ratio=(0.75 * aspect, 4 / 3 * aspect),
-                                                antialias=True),
-                           v2.RandomHorizontalFlip()])
-        self.view1 = v2.Compose([crop, photometric(1.0, 0.0, size), normalize()])
-        self.view2 = v2.Compose([crop, photometric(0.1, 0.2, size), normalize()])
+        self.crop = v2.Compose([v2.RandomResizedCrop(size, scale=scale, ratio=(0.75 * aspect, 4 / 3 * aspect),
+                                                     antialias=True),
+                                v2.RandomHorizontalFlip()])
+        self.colour1 = v2.Compose([photometric(1.0, 0.0, size), normalize()])
+        self.view1 = v2.Compose([self.crop, self.colour1])
+        self.view2 = v2.Compose([self.crop, photometric(0.1, 0.2, size), normalize()])
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"view1": self.view1(image), "view2": self.view2(image)}
+
+    def labelled(self, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """View 1 of ``image`` [3,H,W] as ``image`` and its ``label`` map [H,W] cropped, resized and
+        flipped with it — nearest-neighbour, as torchvision resizes a ``Mask`` (no new label values)."""
+        view, mask = self.crop(tv_tensors.Image(image), tv_tensors.Mask(label))
+        return {"image": self.colour1(view).as_subclass(torch.Tensor), "label": mask.as_subclass(torch.Tensor)}

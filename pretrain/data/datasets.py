@@ -64,13 +64,16 @@ class SeededDataset(Dataset):
 @DATASETS.register_module()
 class SyntheticFrames(SeededDataset):
     """Single frames of the synthetic video, as two BYOL views (the FlowE "BYOL" baseline).
-    ``world='coloured'`` is the first world (class = colour), for comparisons."""
+    ``world`` picks the world (:func:`~pretrain.data.synthetic.world_class`). With ``labels=True`` a
+    sample is one view (``image``) and the semantic ``label`` map of that view, cropped, resized and
+    flipped like it (nearest) — what the supervised oracle trains on."""
 
     def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, height: int = 128,
                  width: int = 256, crop_size: tuple[int, int] = (64, 128),
                  crop_scale: tuple[float, float] = (0.08, 1.0), video: dict | None = None,
-                 world: str = "crowded") -> None:
+                 world: str = "crowded", labels: bool = False) -> None:
         super().__init__(seed)
+        self.labels = labels
         self.num_videos, self.num_frames = num_videos, num_frames
         self.height, self.width, self.video_kwargs = height, width, dict(video or {})
         self.world_class = world_class(world)
@@ -83,4 +86,7 @@ class SyntheticFrames(SeededDataset):
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         v, t = int(rng.integers(self.num_videos)), int(rng.integers(self.num_frames))
-        return self.views(self.video(v).render(t)["image"])
+        frame = self.video(v).render(t)
+        if self.labels:
+            return self.views.labelled(frame["image"], frame["semantic"])
+        return self.views(frame["image"])

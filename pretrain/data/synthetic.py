@@ -58,12 +58,13 @@ Pixel coordinates: (x, y) with integer pixel centres, x ∈ [0, W-1] (``align_co
 lies at t2 — the backward-warp convention ``I_t1[p] ≈ I_t2[p + flow[p]]`` on visible pixels.
 
 The first world is kept as :class:`pretrain.data.coloured_shapes.ColouredShapesVideo` (``world='coloured'``):
-six large shapes, one colour and stripe texture per class, a smooth grey background.
+six large shapes, one colour and stripe texture per class, a smooth grey background. World v3
+(``world='v3'``, :mod:`.world_v3`) keeps this geometry with large shapes whose class is also carried by
+a class-typical layout of parts, so that a stride-8 readout can show what an encoder learnt.
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
 import shutil
 import tempfile
@@ -75,44 +76,21 @@ import numpy as np
 import torch
 
 from .coloured_shapes import ColouredShapesVideo
-from .world import CLASSES, ShapeWorld, Window, WindowedVideo, pixel_grid, video_seed  # noqa: F401  (re-exported)
-
-PATTERNS = ("flat", "stripes", "checks", "waves")
-
-
-def sample_appearances(g: np.random.Generator, n: int, height: int) -> dict[str, torch.Tensor]:
-    """``n`` draws from the one appearance pool every object and background region uses: two colours
-    (hue uniform, saturation 0.1–0.9, value 0.25–0.95), a pattern from :data:`PATTERNS`, its period
-    (0.1–0.3·H px, log-uniform), orientation and phases. Nothing here depends on a class."""
-    def colours() -> np.ndarray:
-        hsv = g.uniform([0.0, 0.1, 0.25], [1.0, 0.9, 0.95], (n, 3))
-        return np.array([colorsys.hsv_to_rgb(*c) for c in hsv]).reshape(n, 3)
-
-    a, b = colours(), colours()
-    out = {
-        "a": a, "b": b, "kind": g.integers(0, len(PATTERNS), n),
-        "period": np.exp(g.uniform(math.log(0.1 * height), math.log(0.3 * height), n)),
-        "angle": g.uniform(0, np.pi, n), "phase": g.uniform(0, 2 * np.pi, (n, 2)),
-    }
-    return {k: torch.as_tensor(v) for k, v in out.items()}
+from .world import (  # noqa: F401  (re-exported)
+    CLASSES,
+    EgoMotionWorld,
+    ShapeWorld,
+    Window,
+    WindowedVideo,
+    paint,
+    pixel_grid,
+    sample_appearances,
+    video_seed,
+)
+from .world_v3 import ShapeFamiliesVideo
 
 
-def paint(app: dict[str, torch.Tensor], index: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """RGB [N, 3] of appearance ``index`` [N] at texture coordinates ``q`` [N, 2] (pixels at the
-    reference time). Smooth patterns: bilinear warping reproduces them closely, away from edges."""
-    th, p, ph = app["angle"][index], app["period"][index], app["phase"][index]
-    d1 = (q[:, 0] * torch.cos(th) + q[:, 1] * torch.sin(th)) / p
-    d2 = (-q[:, 0] * torch.sin(th) + q[:, 1] * torch.cos(th)) / p
-    s1, s2 = torch.sin(2 * math.pi * d1 + ph[:, 0]), torch.sin(2 * math.pi * d2 + ph[:, 1])
-    kind = app["kind"][index]
-    wave = 0.5 + 0.25 * (s1 + torch.sin(2 * math.pi * (0.45 * d1 + 0.8 * d2) + ph[:, 1]))
-    m = torch.where(kind == 0, torch.zeros_like(d1), torch.where(kind == 1, 0.5 + 0.5 * s1,
-                    torch.where(kind == 2, 0.5 + 0.5 * s1 * s2, wave)))
-    a, b = app["a"][index], app["b"][index]
-    return a + (b - a) * m[:, None]
-
-
-class MovingShapesVideo(ShapeWorld):
+class MovingShapesVideo(EgoMotionWorld):
     """One crowded street video (a deterministic function of ``seed``), renderable at any real time
     ``t`` (frames; 1 frame = 0.1 s). Lengths scale with ``height``: the same seed at 64×128 is the
     same scene at half the resolution. The statistics and their reasons are in the module docstring.
@@ -121,11 +99,13 @@ class MovingShapesVideo(ShapeWorld):
     largest forward-motion zoom of the background per frame; ``rotation_speed`` rad/frame.
     """
 
-    REFERENCE_TIME = 16.0
     PARKED = 0.3            # fraction of objects without their own motion
     PARALLAX = (1.0, 3.0)   # Z_background / Z of the objects
     SIZE = (0.025, 0.075)   # radius / (λ·H), log-uniform
     SPREAD = (-0.2, 1.2)    # object centres, in frame widths
+    ASPECT = (0.75, 1.33)   # anisotropic scale of an object's canonical square
+    TILT = math.pi          # any orientation
+    GROUND = (0.1, -0.05)   # centre ≈ horizon + (0.1·λ − 0.05 ± 0.06)·H
     CELL = 0.45             # background region spacing, in H
 
     def __init__(self, seed: int, height: int = 128, width: int = 256, num_objects: int = 24,
@@ -133,65 +113,11 @@ class MovingShapesVideo(ShapeWorld):
                  rotation_speed: float = 0.02) -> None:
         g = np.random.default_rng(seed)
         self.seed, self.height, self.width = seed, height, width
-        unit = height / 128  # px at this resolution per px at H = 128
-        # Ego-motion: focus of expansion on the horizon, forward zoom, yaw pan and pitch jitter.
-        self._foe = np.array([width * (0.5 + g.uniform(-0.1, 0.1)), height * (0.42 + g.uniform(-0.04, 0.04))])
-        self._zoom = g.uniform(0, zoom_rate)
-        self._pan = np.array([g.uniform(-camera_speed, camera_speed), g.uniform(-0.25, 0.25) * camera_speed]) * unit
-        # Objects, sorted far to near so that nearer ones are drawn in front.
-        n = num_objects
-        lo, hi = self.PARALLAX
-        lam = np.sort(1 / (1 / lo - g.uniform(0, 1, n) * (1 / lo - 1 / hi)))  # p(λ) ∝ λ⁻² on [lo, hi]
-        self.parallax = lam
-        self.classes = g.integers(1, len(CLASSES), n)
-        self._radius = np.exp(g.uniform(*np.log(self.SIZE), n)) * height * lam
-        self._aspect = g.uniform(0.75, 1.33, n)
-        self._angle = g.uniform(-np.pi, np.pi, n)
-        self._centre = np.stack([g.uniform(*self.SPREAD, n) * width,
-                                 self._foe[1] + (0.1 * lam - 0.05 + g.uniform(-0.06, 0.06, n)) * height], 1)
-        moving = g.uniform(0, 1, n) >= self.PARKED
-        self.moving = moving
-        self._vel = (np.stack([g.uniform(-1, 1, n), g.uniform(-0.15, 0.15, n)], 1) * object_speed * unit
-                     * lam[:, None] * moving[:, None])
-        self._spin = g.uniform(-rotation_speed, rotation_speed, n) * moving
-        self._growth = g.uniform(-0.005, 0.005, n) * moving
-        self._object_look = sample_appearances(g, n, height)
+        self._draw_scene(g, num_objects, object_speed, camera_speed, zoom_rate, rotation_speed)
+        self._object_look = sample_appearances(g, num_objects, height)
         # Background: Voronoi regions of the world plane, each with its own draw from the same pool.
-        step = self.CELL * height
-        gx = np.arange(-width, 2 * width + step, step)
-        gy = np.arange(-height, 2 * height + step, step)
-        sites = np.stack(np.meshgrid(gx, gy, indexing="xy"), -1).reshape(-1, 2)
-        self._sites = torch.as_tensor(sites + g.uniform(-0.4, 0.4, sites.shape) * step)
-        self._background_look = sample_appearances(g, len(sites), height)
-        # texture coordinates of each object: its canonical square in reference-frame pixels
-        self._texture = [self._own(k, self.REFERENCE_TIME)[:2, :2] for k in range(n)]
-
-    # -- geometry -----------------------------------------------------------------------------
-    def _ego(self, t: float, parallax: float) -> np.ndarray:
-        """E(t, λ): reference-frame pixels of a point at depth parallax λ → frame pixels at t."""
-        dt = t - self.REFERENCE_TIME
-        z = math.exp(parallax * self._zoom * dt)
-        m = np.eye(3)
-        m[:2, :2] *= z
-        m[:2, 2] = self._foe - z * self._foe + self._pan * dt
-        return m
-
-    def _own(self, k: int, t: float) -> np.ndarray:
-        """O_k(t): object k's own motion, canonical → reference-frame pixels."""
-        dt = t - self.REFERENCE_TIME
-        s = self._radius[k] * math.exp(self._growth[k] * dt)
-        a = self._angle[k] + self._spin[k] * dt
-        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        m = np.eye(3)
-        m[:2, :2] = rot @ np.diag([s * self._aspect[k], s / self._aspect[k]])
-        m[:2, 2] = self._centre[k] + self._vel[k] * dt
-        return m
-
-    def camera(self, t: float) -> np.ndarray:
-        return np.linalg.inv(self._ego(t, 1.0))
-
-    def pose(self, k: int, t: float) -> np.ndarray:
-        return self._ego(t, float(self.parallax[k])) @ self._own(k, t)
+        self._background_look = sample_appearances(g, self._draw_sites(g), height)
+        self._texture = self._texture_frames()
 
     # -- painting -----------------------------------------------------------------------------
     def _paint_background(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,16 +131,19 @@ class MovingShapesVideo(ShapeWorld):
         return paint(self._object_look, torch.full((len(u),), k, dtype=torch.long), q)
 
 
-WORLDS = ("crowded", "coloured")
+WORLDS = ("crowded", "coloured", "v3")
 
 
 def world_class(name: str) -> type[ShapeWorld]:
-    """``'crowded'``: :class:`MovingShapesVideo` (the default world); ``'coloured'``: the first world,
-    :class:`~pretrain.data.coloured_shapes.ColouredShapesVideo` (class = colour; kept for comparison)."""
+    """``'crowded'``: :class:`MovingShapesVideo` (v2, the default world); ``'coloured'``: the first world,
+    :class:`~pretrain.data.coloured_shapes.ColouredShapesVideo` (class = colour; kept for comparison);
+    ``'v3'``: :class:`~pretrain.data.world_v3.ShapeFamiliesVideo` (large shapes with class-typical parts)."""
     if name == "crowded":
         return MovingShapesVideo
     if name == "coloured":
         return ColouredShapesVideo
+    if name == "v3":
+        return ShapeFamiliesVideo
     raise ValueError(f"unknown synthetic world '{name}'; choose one of {WORLDS}")
 
 

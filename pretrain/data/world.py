@@ -2,11 +2,16 @@
 with exact flow, and what every world shares (class names, pixel grid, video seeds, windows).
 
 A world subclasses :class:`ShapeWorld` in its own module (:mod:`.synthetic` the crowded default,
-:mod:`.coloured_shapes` the first world); :func:`pretrain.data.synthetic.world_class` picks one by name.
+:mod:`.coloured_shapes` the first world, :mod:`.world_v3` large shapes with class-typical parts; the two
+street worlds share :class:`EgoMotionWorld`'s geometry and the appearance pool here);
+:func:`pretrain.data.synthetic.world_class` picks one by name.
 Only ever imported by the worlds, never the other way round.
 """
 
 from __future__ import annotations
+
+import colorsys
+import math
 
 import numpy as np
 import torch
@@ -165,7 +170,132 @@ class ShapeWorld:
         }
 
 
+class EgoMotionWorld(ShapeWorld):
+    """The street worlds' geometry (v2 :class:`~pretrain.data.synthetic.MovingShapesVideo`, v3
+    :class:`~pretrain.data.world_v3.ShapeFamiliesVideo`): a camera driving forward and turning, and
+    objects at depth parallax λ_k with their own affine motion (the v2 module docstring has the why).
+
+    :meth:`_draw_scene` draws the focus of expansion ``_foe``, the zoom rate ``_zoom``, the pan ``_pan``
+    (px/frame) and per object ``parallax``, ``classes``, ``_radius``, ``_aspect``, ``_angle``, ``_centre``
+    (reference-frame pixels), ``moving``, ``_vel``, ``_spin``, ``_growth`` from the class's statistics;
+    :meth:`_draw_sites` the background's Voronoi sites. The scene is laid out at :attr:`REFERENCE_TIME`.
+    """
+
+    REFERENCE_TIME = 16.0
+    # a world's statistics
+    PARKED: float                   # fraction of objects without their own motion
+    PARALLAX: tuple[float, float]   # Z_background / Z of the objects, p(λ) ∝ λ⁻²
+    SIZE: tuple[float, float]       # radius / (λ·H), log-uniform
+    SPREAD: tuple[float, float]     # object centres, in frame widths
+    ASPECT: tuple[float, float]     # anisotropic scale of an object's canonical square
+    TILT: float                     # orientation uniform in ±TILT (rad)
+    GROUND: tuple[float, float]     # centre below the horizon: (GROUND[0]·λ + GROUND[1] ± 0.06)·H
+    CELL: float                     # background region spacing, in H
+
+    def _draw_scene(self, g: np.random.Generator, n: int, object_speed: float, camera_speed: float,
+                    zoom_rate: float, rotation_speed: float) -> None:
+        """The camera and ``n`` objects sorted far to near (nearer ones are drawn in front), drawn from
+        ``g`` in a fixed order. Speeds are px/frame at H = 128."""
+        height, width = self.height, self.width
+        unit = height / 128  # px at this resolution per px at H = 128
+        # Ego-motion: focus of expansion on the horizon, forward zoom, yaw pan and pitch jitter.
+        self._foe = np.array([width * (0.5 + g.uniform(-0.1, 0.1)), height * (0.42 + g.uniform(-0.04, 0.04))])
+        self._zoom = g.uniform(0, zoom_rate)
+        self._pan = np.array([g.uniform(-camera_speed, camera_speed), g.uniform(-0.25, 0.25) * camera_speed]) * unit
+        lo, hi = self.PARALLAX
+        lam = np.sort(1 / (1 / lo - g.uniform(0, 1, n) * (1 / lo - 1 / hi)))  # p(λ) ∝ λ⁻² on [lo, hi]
+        self.parallax = lam
+        self.classes = g.integers(1, len(CLASSES), n)
+        self._radius = np.exp(g.uniform(*np.log(self.SIZE), n)) * height * lam
+        self._aspect = g.uniform(*self.ASPECT, n)
+        self._angle = g.uniform(-self.TILT, self.TILT, n)
+        slope, offset = self.GROUND
+        self._centre = np.stack([g.uniform(*self.SPREAD, n) * width,
+                                 self._foe[1] + (slope * lam + offset + g.uniform(-0.06, 0.06, n)) * height], 1)
+        moving = g.uniform(0, 1, n) >= self.PARKED
+        self.moving = moving
+        self._vel = (np.stack([g.uniform(-1, 1, n), g.uniform(-0.15, 0.15, n)], 1) * object_speed * unit
+                     * lam[:, None] * moving[:, None])
+        self._spin = g.uniform(-rotation_speed, rotation_speed, n) * moving
+        self._growth = g.uniform(-0.005, 0.005, n) * moving
+
+    def _draw_sites(self, g: np.random.Generator) -> int:
+        """Sites of the background's Voronoi regions (``_sites``, world-plane px, ``CELL``·H apart, jittered)
+        over three frames each way; returns how many."""
+        step = self.CELL * self.height
+        gx = np.arange(-self.width, 2 * self.width + step, step)
+        gy = np.arange(-self.height, 2 * self.height + step, step)
+        sites = np.stack(np.meshgrid(gx, gy, indexing="xy"), -1).reshape(-1, 2)
+        self._sites = torch.as_tensor(sites + g.uniform(-0.4, 0.4, sites.shape) * step)
+        return len(sites)
+
+    def _texture_frames(self) -> list[np.ndarray]:
+        """Texture coordinates of each object: its canonical square in reference-frame pixels."""
+        return [self._own(k, self.REFERENCE_TIME)[:2, :2] for k in range(self.num_objects)]
+
+    def _ego(self, t: float, parallax: float) -> np.ndarray:
+        """E(t, λ): reference-frame pixels of a point at depth parallax λ → frame pixels at t."""
+        dt = t - self.REFERENCE_TIME
+        z = math.exp(parallax * self._zoom * dt)
+        m = np.eye(3)
+        m[:2, :2] *= z
+        m[:2, 2] = self._foe - z * self._foe + self._pan * dt
+        return m
+
+    def _own(self, k: int, t: float) -> np.ndarray:
+        """O_k(t): object k's own motion, canonical → reference-frame pixels."""
+        dt = t - self.REFERENCE_TIME
+        s = self._radius[k] * math.exp(self._growth[k] * dt)
+        a = self._angle[k] + self._spin[k] * dt
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        m = np.eye(3)
+        m[:2, :2] = rot @ np.diag([s * self._aspect[k], s / self._aspect[k]])
+        m[:2, 2] = self._centre[k] + self._vel[k] * dt
+        return m
+
+    def camera(self, t: float) -> np.ndarray:
+        return np.linalg.inv(self._ego(t, 1.0))
+
+    def pose(self, k: int, t: float) -> np.ndarray:
+        return self._ego(t, float(self.parallax[k])) @ self._own(k, t)
+
+
 # -- the shared appearance pool ---------------------------------------------------------------
+
+PATTERNS = ("flat", "stripes", "checks", "waves")
+
+
+def sample_appearances(g: np.random.Generator, n: int, height: int,
+                       value: tuple[float, float] = (0.25, 0.95)) -> dict[str, torch.Tensor]:
+    """``n`` draws from the one appearance pool every object and background region uses: two colours
+    (hue uniform, saturation 0.1–0.9, HSV value in ``value``), a pattern from :data:`PATTERNS`, its
+    period (0.1–0.3·H px, log-uniform), orientation and phases. Nothing here depends on a class."""
+    def colours() -> np.ndarray:
+        hsv = g.uniform([0.0, 0.1, value[0]], [1.0, 0.9, value[1]], (n, 3))
+        return np.array([colorsys.hsv_to_rgb(*c) for c in hsv]).reshape(n, 3)
+
+    a, b = colours(), colours()
+    out = {
+        "a": a, "b": b, "kind": g.integers(0, len(PATTERNS), n),
+        "period": np.exp(g.uniform(math.log(0.1 * height), math.log(0.3 * height), n)),
+        "angle": g.uniform(0, np.pi, n), "phase": g.uniform(0, 2 * np.pi, (n, 2)),
+    }
+    return {k: torch.as_tensor(v) for k, v in out.items()}
+
+
+def paint(app: dict[str, torch.Tensor], index: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """RGB [N, 3] of appearance ``index`` [N] at texture coordinates ``q`` [N, 2] (pixels at the
+    reference time). Smooth patterns: bilinear warping reproduces them closely, away from edges."""
+    th, p, ph = app["angle"][index], app["period"][index], app["phase"][index]
+    d1 = (q[:, 0] * torch.cos(th) + q[:, 1] * torch.sin(th)) / p
+    d2 = (-q[:, 0] * torch.sin(th) + q[:, 1] * torch.cos(th)) / p
+    s1, s2 = torch.sin(2 * math.pi * d1 + ph[:, 0]), torch.sin(2 * math.pi * d2 + ph[:, 1])
+    kind = app["kind"][index]
+    wave = 0.5 + 0.25 * (s1 + torch.sin(2 * math.pi * (0.45 * d1 + 0.8 * d2) + ph[:, 1]))
+    m = torch.where(kind == 0, torch.zeros_like(d1), torch.where(kind == 1, 0.5 + 0.5 * s1,
+                    torch.where(kind == 2, 0.5 + 0.5 * s1 * s2, wave)))
+    a, b = app["a"][index], app["b"][index]
+    return a + (b - a) * m[:, None]
 
 
 class WindowedVideo:

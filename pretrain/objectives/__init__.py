@@ -5,10 +5,11 @@ from .byol import BYOL
 from .crosspixel import CrossPixelFlowSimilarity, FlowClassification
 from .fixed import ImageNetSupervised, RandInit
 from .flowe import FlowE
+from .oracle import Oracle
 from .poodle import PooDLe
 from .s3 import S3Affine, S3Entropy
 
 __all__ = [
     "BYOL", "BootstrapObjective", "CrossPixelFlowSimilarity", "FlowClassification", "FlowE", "ImageNetSupervised",
-    "PooDLe", "RandInit", "S3Affine", "S3Entropy",
+    "Oracle", "PooDLe", "RandInit", "S3Affine", "S3Entropy",
 ]

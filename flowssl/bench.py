@@ -220,12 +220,13 @@ class Bench:
         spec = self.plan.get("synthetic")
         if not spec:
             return None
-        root = self.work / "data" / "synthetic_cityscapes"
+        world = spec.get("world", "crowded")  # one folder per world: a plan's world change never reuses another's
+        root = self.work / "data" / ("synthetic_cityscapes" if world == "crowded" else f"synthetic_cityscapes_{world}")
         if not root.exists():
             from pretrain.data.synthetic import write_cityscapes_layout
 
             write_cityscapes_layout(root, seed=0, videos=dict(spec["videos"]),
-                                    frames_per_video=spec["frames_per_video"])
+                                    frames_per_video=spec["frames_per_video"], world=world)
         return root
 
     def pretrain(self, method: str, seed: int) -> Path | str:

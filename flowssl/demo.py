@@ -17,7 +17,7 @@ DEMO_CONFIGS = {p.name.removesuffix(_SUFFIX): p for p in sorted((CONFIG_DIR / "p
 DEMO_CONFIGS["imagenet_supervised"] = CONFIG_DIR / "pretrain" / "imagenet_supervised_r50.py"
 
 
-def demo_picture(work_dir: Path, seed: int = 0, methods: tuple[str, ...] = ("flowe", "byol"),
+def demo_picture(work_dir: Path, data_root: Path, seed: int = 0, methods: tuple[str, ...] = ("flowe", "byol"),
                  readout: str = "linear_probe") -> Path | None:
     """One picture of what the table measured: the first val frame and its labels, the ``methods``'
     stride-8 features in ONE PCA basis fitted across them (same colour, same direction), and their
@@ -39,7 +39,7 @@ def demo_picture(work_dir: Path, seed: int = 0, methods: tuple[str, ...] = ("flo
             return None
         feats[m] = safe_torch_load(cache, what="feature cache")["features"][0].float()
         preds[m] = safe_torch_load(pred, what="prediction")
-    images, labels, _ = read_cityscapes_split(work_dir / "data" / "synthetic_cityscapes", "val")
+    images, labels, _ = read_cityscapes_split(data_root, "val")
     frame, size = images[0].float() / 255, tuple(images.shape[-2:])
     tiles = {"val frame": frame, "labels": label_colours(labels[0], SYNTHETIC_PALETTE)}
     for m, pca in compare_embeddings(feats).items():
@@ -62,7 +62,8 @@ def run_table_demo(work_dir: Path, plan: str | Path | None = None) -> str:
     t0 = time.perf_counter()
     table = bench.run()
     print(table, end="")
-    picture = demo_picture(work_dir)
+    data_root = bench.synthetic_root()
+    picture = demo_picture(work_dir, data_root) if data_root is not None else None
     if picture is not None:
         print(f"\npicture: {picture} (a val frame, its labels, FlowE's and BYOL's features in one PCA basis, "
               "their linear-probe predictions)")

@@ -216,12 +216,22 @@ class Bench:
         return resolve_config(p, f"plan {self.plan_path}: config")
 
     # -- stages ---------------------------------------------------------------------------------
-    def synthetic_root(self) -> Path | None:
+    def synthetic_dir(self) -> Path | None:
+        """Where the plan's synthetic readout data lives (one folder per world: a plan whose world changes
+        never reuses another world's frames); None without ``synthetic``."""
         spec = self.plan.get("synthetic")
         if not spec:
             return None
-        world = spec.get("world", "crowded")  # one folder per world: a plan's world change never reuses another's
-        root = self.work / "data" / ("synthetic_cityscapes" if world == "crowded" else f"synthetic_cityscapes_{world}")
+        world = spec.get("world", "crowded")
+        return self.work / "data" / ("synthetic_cityscapes" if world == "crowded" else f"synthetic_cityscapes_{world}")
+
+    def synthetic_root(self) -> Path | None:
+        """:meth:`synthetic_dir`, written on first use."""
+        root = self.synthetic_dir()
+        if root is None:
+            return None
+        spec = self.plan.synthetic
+        world = spec.get("world", "crowded")
         if not root.exists():
             from pretrain.data.synthetic import write_cityscapes_layout
 

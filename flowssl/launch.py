@@ -538,7 +538,8 @@ def cluster_commands(bench: Bench, res: dict[str, Any]) -> str:
     work = bench.work.resolve()
     tools = CONFIG_DIR.parent / "tools"
     nodes, gpn = res["nodes"], res["gpus_per_node"]
-    synthetic = work / "data" / "synthetic_cityscapes" if bench.plan.get("synthetic") else None
+    synthetic = bench.synthetic_dir()
+    synthetic = synthetic.resolve() if synthetic is not None else None
     lines = [f"# {bench.plan_path.name}: the commands a cluster runs, in order. `flowssl bench {bench.plan_path} "
              "--launcher slurm` submits them as SLURM jobs (dependencies, requeue on time-out); add --dry-run to see "
              "the sbatch scripts first."]

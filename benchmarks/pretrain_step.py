@@ -11,6 +11,14 @@ composition + warp + loss part, peak memory, model FLOPs per step and model FLOP
 
     python benchmarks/pretrain_step.py --device cuda --amp bf16              # the GPU numbers, one command
     python benchmarks/pretrain_step.py --device cpu --arch resnet14 --size 64 128 --steps 1
+    python benchmarks/pretrain_step.py --compare flowe byol --rounds 20      # CPU demo: ResNet-14 vs resnet10n
+
+``--compare``: the CPU demo's pretraining step (``configs/pretrain/<method>_r14_synthetic_demo.py``
+against ``<method>_r10n_synthetic_demo.py``: batch 8 of 64×128 crops, the configs' heads and optimiser,
+``Trainer.run_step``) — samples/s of each encoder and their ratio. The batches are drawn from the
+configs' datasets before timing (the data side is benchmarks/data_pipeline.py's), and all variants
+run in one process, interleaved step by step (``--rounds`` times each), so load from other jobs on a
+shared CPU slows them alike; the median step is reported.
 
 FLOPs are counted once per setting with ``torch.utils.flop_counter.FlopCounterMode`` on a whole
 step (forward, backward, the target network and RAFT when it runs; matmuls and convolutions).
@@ -141,6 +149,52 @@ def measure(resolution: str, arch: str, size: tuple[int, int], pairs: int, steps
             "flops": float(counter.get_total_flops())}
 
 
+# --compare: the CPU demo configs of each method, today's encoder and the narrow one
+COMPARE_ARCHS = (("resnet14", "r14"), ("resnet10n", "r10n"))
+
+
+def compare(methods: list[str], rounds: int, threads: int, batch_size: int) -> None:
+    """Samples/s of the demo's pretraining step per method and encoder, interleaved in this process."""
+    import statistics
+    from collections import defaultdict
+
+    from torch.utils.data import default_collate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pretrain.api import Trainer, load_config
+
+    torch.set_num_threads(threads)
+    root = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    variants = {}
+    for method in methods:
+        for arch, tag in COMPARE_ARCHS:
+            cfg = load_config(root / f"{method}_{tag}_synthetic_demo.py",
+                              {"num_workers": 0, "device": "cpu", "batch_size": batch_size})
+            trainer = Trainer(cfg)  # no work dir: nothing is written
+            batch = default_collate([trainer.dataset[i] for i in range(batch_size)])  # drawn before timing
+            trainer.run_step([batch])  # warm-up
+            with FlopCounterMode(display=False) as counter:
+                trainer.run_step([batch])
+            variants[method, arch] = (trainer, batch, float(counter.get_total_flops()))
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for _ in range(rounds):  # interleaved: a burst of load from other jobs hits every variant
+        for key, (trainer, batch, _) in variants.items():
+            t0 = time.perf_counter()
+            trainer.run_step([batch])
+            times[key].append(time.perf_counter() - t0)
+    print(f"CPU demo pretraining step: batch {batch_size} of 64×128 crops, Trainer.run_step, {threads} thread(s), "
+          f"{rounds} interleaved rounds, median (min-max) step")
+    print(f"{'method':<8}{'encoder':<11}{'step (s)':>10}{'min-max (s)':>15}{'samples/s':>11}{'GFLOP/step':>12}"
+          f"{'speed-up':>10}")
+    for method in methods:
+        base = statistics.median(times[method, COMPARE_ARCHS[0][0]])
+        for arch, _ in COMPARE_ARCHS:
+            t = times[method, arch]
+            med = statistics.median(t)
+            print(f"{method:<8}{arch:<11}{med:>10.3f}{min(t):>7.3f}-{max(t):<7.3f}{batch_size / med:>11.1f}"
+                  f"{variants[method, arch][2] / 1e9:>12.2f}{base / med:>9.2f}×")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -158,8 +212,15 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true",
                     help="step time and peak memory over crops 128×256 → 512×1024 and 1 → 4 pairs (table + PNG)")
     ap.add_argument("--plot", default="pretrain_step_sweep.png", help="where --sweep draws its plot")
+    ap.add_argument("--compare", nargs="+", metavar="METHOD",
+                    help="the CPU demo's step per method (flowe, byol, ...): resnet14 vs resnet10n, interleaved")
+    ap.add_argument("--rounds", type=int, default=20, help="--compare: timed steps per variant")
+    ap.add_argument("--threads", type=int, default=1, help="--compare: torch threads")
     ap.add_argument("--only", choices=RESOLUTIONS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare, args.rounds, args.threads, (args.pairs or [8])[0])
+        return
     gpu = args.device.startswith("cuda")
     size = tuple(args.size or ((512, 1024) if gpu else (256, 512)))
     pairs_list = args.pairs or ([2, 8] if gpu else [2])

@@ -7,7 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pretrain.readout import ARCH_DEPTH
+from pretrain.readout import ARCH_DEPTH, D2_ARCHS, d2_arch_error
+
+# the depths detectron2 builds for flowssl encoders (bottleneck archs only: pretrain.readout.D2_ARCHS)
+D2_DEPTHS = sorted(ARCH_DEPTH[a] for a in D2_ARCHS)
 
 
 def add_flowssl_config(cfg: Any) -> None:
@@ -65,7 +68,7 @@ HINT_CHECKS: dict[str, tuple[Any, str]] = {
                         "three numbers in (0, 255]"),
     "INPUT.FORMAT": (lambda v: v in ("RGB", "BGR"), "'RGB' or 'BGR'"),
     "MODEL.RESNETS.STRIDE_IN_1X1": (lambda v: isinstance(v, bool), "true or false"),
-    "MODEL.RESNETS.DEPTH": (lambda v: v in ARCH_DEPTH.values(), f"one of {sorted(ARCH_DEPTH.values())}"),
+    "MODEL.RESNETS.DEPTH": (lambda v: v in D2_DEPTHS, f"one of {D2_DEPTHS}"),
     "MODEL.FLOWSSL.PRETRAIN_OUTPUT_STRIDE": (lambda v: v in (8, 16, 32) and not isinstance(v, bool), "8, 16 or 32"),
     "MODEL.FLOWSSL.RES4_DILATION": (lambda v: v in (1, 2) and not isinstance(v, bool), "1 or 2"),
     "MODEL.FLOWSSL.RES5_DILATION": (lambda v: v in (1, 2, 4) and not isinstance(v, bool), "1, 2 or 4"),
@@ -102,8 +105,8 @@ def checkpoint_hints(weights: str | Path) -> dict[str, Any] | None:
     if method != "" and not (isinstance(method, str) and SAFE_NAME.fullmatch(method)):
         raise ConfigError(f"sidecar {side}: 'method' is {method!r:.60}, expected a plain name ({SAFE_NAME.pattern}); "
                           f"{fix}")
-    if arch not in ARCH_DEPTH:
-        raise ConfigError(f"sidecar {side}: 'arch' is {arch!r:.60}, expected one of {sorted(ARCH_DEPTH)}; {fix}")
+    if d2_arch_error(arch):
+        raise ConfigError(f"sidecar {side}: {d2_arch_error(arch)}")
     hints["MODEL.FLOWSSL.METHOD"] = method
     hints["MODEL.FLOWSSL.ARCH"] = arch
     return hints

@@ -16,13 +16,13 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from pretrain.readout import ARCH_BLOCKS
+from pretrain.readout import ARCH_BLOCKS, d2_arch_error
 
 
 def _blocks(cfg: Any) -> tuple[int, ...]:
     arch = cfg.MODEL.FLOWSSL.ARCH
-    if arch not in ARCH_BLOCKS:
-        raise KeyError(f"MODEL.FLOWSSL.ARCH '{arch}' is not one of {sorted(ARCH_BLOCKS)}")
+    if d2_arch_error(arch):
+        raise KeyError(f"MODEL.FLOWSSL.ARCH: {d2_arch_error(arch)}")
     return ARCH_BLOCKS[arch]
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from mmengine.logging import print_log
 from mmseg.models.backbones import ResNet
-from mmseg.models.backbones.resnet import Bottleneck
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
 from mmseg.registry import MODELS
 
-from pretrain.readout import ARCH_BLOCKS, ARCH_DEPTH
+from pretrain.readout import ARCH_DEPTH, ARCH_SPECS
 
 # torchvision's dilation pattern per output stride, expressed in mmseg's terms (with
 # contract_dilation=True the first block of a dilated stage uses half the dilation, as torchvision).
@@ -21,7 +21,9 @@ _LAYOUT = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2)), 32
 @MODELS.register_module()
 class FlowsslResNet(ResNet):
     """mmseg ResNet (``style='pytorch'``, plain 7×7 stem — not ResNetV1c) matching
-    :class:`pretrain.models.ResNetEncoder` for the same ``arch`` and ``output_stride``.
+    :class:`pretrain.models.ResNetEncoder` for the same ``arch`` and ``output_stride`` (block type,
+    blocks and widths from :data:`pretrain.readout.ARCH_SPECS`; layer4 has ``ARCH_SPECS[arch].out_channels``,
+    the readout head's ``in_channels``).
 
     ``frozen=True`` is the paper's readout: stem and all four stages frozen, BN in eval mode (running
     statistics never updated) and no graph kept through the backbone. ``frozen=False`` fine-tunes
@@ -36,7 +38,9 @@ class FlowsslResNet(ResNet):
     appended to the outputs (``in_index=4``). ``None`` (default): the encoder alone, as FlowE's readouts.
     """
 
-    arch_settings = {**ResNet.arch_settings, **{ARCH_DEPTH[a]: (Bottleneck, b) for a, b in ARCH_BLOCKS.items()}}
+    # mmseg keys its layouts by depth; the widths (stem_channels = base_channels) come from the arch
+    arch_settings = {**ResNet.arch_settings, **{s.depth: ({"bottleneck": Bottleneck, "basic": BasicBlock}[s.block],
+                                                          s.blocks) for s in ARCH_SPECS.values()}}
 
     def __init__(self, arch: str = "resnet50", output_stride: int = 8, frozen: bool = True,
                  checkpoint: str | None = None, decoder: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -46,8 +50,10 @@ class FlowsslResNet(ResNet):
         kwargs.setdefault("out_indices", (0, 1, 2, 3))
         if frozen:
             kwargs.update(frozen_stages=4, norm_eval=True)
+        width = ARCH_SPECS[arch].width
         super().__init__(depth=ARCH_DEPTH[arch], strides=strides, dilations=dilations, contract_dilation=True,
-                         style="pytorch", deep_stem=False, avg_down=False, **kwargs)
+                         style="pytorch", deep_stem=False, avg_down=False, stem_channels=width, base_channels=width,
+                         **kwargs)
         self.frozen, self.flowssl_checkpoint = frozen, checkpoint
         self.decoder = None
         if decoder is not None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .fileio import CheckpointError, NumpyOnlyUnpickler, atomic_path, load_checkpoint, sha256_file, write_text_atomic
-from .readout import arch_of_blocks
+from .readout import arch_of_blocks, d2_arch_error
 
 # Known layouts: name → prefixes the encoder's keys may carry (first match wins).
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -98,8 +98,15 @@ class Encoder:
 
     @property
     def arch(self) -> str:
+        """The metadata's arch, else the one whose blocks per stage, block type (a third conv: bottleneck)
+        and stem width the weights have (ResNet-14 and the narrow ResNet-10 both have one block per
+        stage), else a description of the unknown layout."""
         blocks = tuple(len({k.split(".")[1] for k in self.state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-        return self.meta.get("arch") or arch_of_blocks(blocks) or str(blocks)
+        block = "bottleneck" if any(k.endswith(".conv3.weight") for k in self.state) else "basic"
+        stem = self.state.get("conv1.weight")
+        width = int(stem.shape[0]) if stem is not None else None
+        return (self.meta.get("arch") or arch_of_blocks(blocks, block, width)
+                or f"{blocks} ({block} blocks, stem width {width})")
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -341,6 +348,8 @@ def convert(src: str | Path, target: str, out: str | Path, source: str = "auto",
     _check_outputs(Path(src), [out, sidecar_path], force)  # before reading: fail fast
     enc = read_encoder(src, source, drop_heads)
     missing = check_complete(enc, allow_missing)
+    if target == "detectron2" and d2_arch_error(enc.arch):
+        raise CheckpointError(f"--to detectron2: {d2_arch_error(enc.arch)}")
     extra_sidecar, extra_files = framework_files(enc, out) if framework_files is not None else ({}, {})
     if extra_files:  # a hand-written X.yaml beside X.pkl is an output too
         _check_outputs(Path(src), [out, sidecar_path, *extra_files], force)

@@ -20,8 +20,9 @@ table cannot drift apart:
 * **results.json**: one writer (:func:`write_results`: atomic, standard JSON, every NaN/inf metric —
   "not measured" — as ``null``) and one reader (:func:`read_results`, which also accepts the bare
   ``NaN`` that detectron2 readouts wrote before).
-* **The arch table**: :data:`ARCH_BLOCKS` (bottlenecks per stage) and :data:`ARCH_DEPTH` (the depth
-  detectron2's ``RESNETS.DEPTH`` and mmseg's ``ResNet(depth=)`` name).
+* **The arch table**: :data:`ARCH_SPECS` (block type, blocks per stage, widths), read off as
+  :data:`ARCH_BLOCKS` and :data:`ARCH_DEPTH` (the depth detectron2's ``RESNETS.DEPTH`` and mmseg's
+  ``ResNet(depth=)`` name); :data:`D2_ARCHS`, those detectron2 can build.
 * **Pixel statistics** (:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`) and the synthetic dataset's
   class names and palette (:data:`SYNTHETIC_CLASSES`, :data:`SYNTHETIC_PALETTE`).
 """
@@ -33,6 +34,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +44,76 @@ from .fileio import write_text_atomic
 
 # -- encoder architectures -----------------------------------------------------------------------------
 
-# torchvision bottleneck ResNets: blocks in layer1..layer4. ``resnet14`` (one bottleneck per stage) is
-# the CPU variant for tests and the demo: same stem, stage layout, widths and dilation as ResNet-50, so
-# every conversion and readout path is the same.
-ARCH_BLOCKS: dict[str, tuple[int, int, int, int]] = {
-    "resnet14": (1, 1, 1, 1),
-    "resnet50": (3, 4, 6, 3),
-    "resnet101": (3, 4, 23, 3),
+@dataclass(frozen=True)
+class ArchSpec:
+    """One encoder layout, as every framework builds it: torchvision's ``block`` ('bottleneck' or
+    'basic'), ``blocks`` per stage (layer1..layer4) and ``width``, the stem's and layer1's inner width
+    (layer i: ``width · 2^(i−1)`` inner channels, × 4 out for a bottleneck) — mmseg's
+    ``stem_channels`` = ``base_channels``. torchvision's own ResNets have width 64."""
+
+    block: str
+    blocks: tuple[int, int, int, int]
+    width: int = 64
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.block == "bottleneck" else 1
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers: the convs of every block (3 per bottleneck, 2 per basic block), the stem
+        conv and the classifier — the name detectron2's ``RESNETS.DEPTH`` and mmseg's ``depth`` use."""
+        return (3 if self.block == "bottleneck" else 2) * sum(self.blocks) + 2
+
+    @property
+    def stage_channels(self) -> dict[str, int]:
+        """Output channels of the stem and of layer1..layer4."""
+        return {"stem": self.width, **{f"layer{i + 1}": self.width * 2 ** i * self.expansion for i in range(4)}}
+
+    @property
+    def out_channels(self) -> int:
+        return self.stage_channels["layer4"]
+
+
+# ``resnet14`` (one bottleneck per stage) is the light variant for tests: ResNet-50's stem, stage layout,
+# widths and dilation, so every conversion and readout path is the same. ``resnet10n`` is the narrow CPU
+# encoder: one basic block per stage at a quarter of ResNet-18's widths (16, 32, 64, 128 channels, 128
+# out); at output stride 8 the demo's pretraining step on 64×128 crops is 10.7× (FlowE) and 14.9× (BYOL)
+# faster than ResNet-14's on one core, 1/17 of its FLOPs (benchmarks/pretrain_step.py --compare; README).
+# Basic blocks dilate their first 3×3 conv, as mmseg's does.
+ARCH_SPECS: dict[str, ArchSpec] = {
+    "resnet14": ArchSpec("bottleneck", (1, 1, 1, 1)),
+    "resnet50": ArchSpec("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ArchSpec("bottleneck", (3, 4, 23, 3)),
+    "resnet10n": ArchSpec("basic", (1, 1, 1, 1), width=16),
 }
-# A ResNet's depth counts its weighted layers: three convs per bottleneck, the stem conv and the classifier.
-ARCH_DEPTH: dict[str, int] = {arch: 3 * sum(blocks) + 2 for arch, blocks in ARCH_BLOCKS.items()}
+# blocks per stage and depth per arch, read off the table
+ARCH_BLOCKS: dict[str, tuple[int, int, int, int]] = {arch: spec.blocks for arch, spec in ARCH_SPECS.items()}
+ARCH_DEPTH: dict[str, int] = {arch: spec.depth for arch, spec in ARCH_SPECS.items()}
 
 
-def arch_of_blocks(blocks: Sequence[int]) -> str | None:
-    """The arch with these blocks per stage, or None for a layout no readout builds."""
-    return next((arch for arch, b in ARCH_BLOCKS.items() if b == tuple(blocks)), None)
+# The archs detectron2's ResNet can build: bottlenecks only. Its BasicBlock takes no dilation (the C4
+# readout dilates res4/res5 as pretraining did) and its R18/R34 fix 64 channels in res2.
+D2_ARCHS: tuple[str, ...] = tuple(arch for arch, spec in ARCH_SPECS.items() if spec.block == "bottleneck")
+
+
+def d2_arch_error(arch: str) -> str | None:
+    """Why detectron2 cannot read out ``arch`` (one line), or None when it can."""
+    if arch in D2_ARCHS:
+        return None
+    if arch in ARCH_SPECS:
+        spec = ARCH_SPECS[arch]
+        return (f"arch {arch} ({spec.block} blocks, widths {spec.width}-{spec.out_channels}) cannot be built by "
+                f"detectron2's ResNet (its BasicBlock has no dilation and its R18/R34 fix 64 channels); read it out "
+                f"with MMSegmentation (--to mmseg) or torchvision (--to torchvision)")
+    return f"arch {arch!r:.60} is not one of detectron2's {list(D2_ARCHS)}"
+
+
+def arch_of_blocks(blocks: Sequence[int], block: str | None = None, width: int | None = None) -> str | None:
+    """The arch with these blocks per stage (and, where given, this block type and width), or None for
+    a layout no readout builds."""
+    return next((arch for arch, s in ARCH_SPECS.items() if s.blocks == tuple(blocks)
+                 and block in (None, s.block) and width in (None, s.width)), None)
 
 
 # -- pixel statistics and class names ----------------------------------------------------------------

@@ -64,8 +64,9 @@ BATCH_RULES = ("accumulate", "linear_lr", "sqrt_lr")
 RESUME_FREE_KEYS = frozenset({"max_iters", "checkpoint_interval", "keep_checkpoints", "num_workers", "device",
                               "amp", "deterministic", "quiet", "log_interval", "max_nonfinite_steps", "work_dir",
                               "filename_resolved"})  # (the config path as given, set by load_config)
-# ... and at any depth: paths (data.root, a flow cache root, RAFT weights) and pure memory/tolerance knobs.
-RESUME_FREE_LEAVES = frozenset({"root", "checkpoint", "loss_chunk_rows", "max_bad_fraction"})
+# ... and at any depth: paths (data.root, a flow cache root, RAFT weights, a clip cache: the same samples)
+# and pure memory/tolerance knobs.
+RESUME_FREE_LEAVES = frozenset({"root", "checkpoint", "clip_cache", "loss_chunk_rows", "max_bad_fraction"})
 _PATH_SUFFIXES = ("_root", "_dir", "_path", "_file")
 # The probe batch forwarded through the encoder before every checkpoint (fixed seed, own generator).
 PROBE_SHAPE = (2, 3, 64, 64)

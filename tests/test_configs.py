@@ -137,3 +137,24 @@ def test_flow_precompute_takes_the_configs_raft_settings(tmp_path, monkeypatch):
                          "amp": False, "checkpoint": "/x/raft.pth"}
     assert main(["flow", "precompute", str(cfg), "--out", str(tmp_path / "c2"), "--cfg-options", *opts]) == 0
     assert built[-1] == {"type": "dis"}  # another kind of source: nothing of RAFT's carried over
+
+
+NARROW_METHODS = ("rand_init", "byol", "flowe", "flow_similarity", "flow_classification", "s3_affine", "poodle")
+
+
+@pytest.mark.parametrize("method", NARROW_METHODS)
+def test_narrow_demo_configs_differ_from_the_r14_ones_only_in_the_encoder(method):
+    """Each *_r10n_synthetic_demo is its r14 demo with arch resnet10n (PooDLe's decoder as wide as layer4):
+    data, batch, budget, heads and optimiser stay what they are for every method."""
+    from pretrain.trainer import flat_settings
+
+    narrow = load_config(REPO / "configs" / "pretrain" / f"{method}_r10n_synthetic_demo.py")
+    wide = load_config(REPO / "configs" / "pretrain" / f"{method}_r14_synthetic_demo.py")
+    a, b = flat_settings(narrow), flat_settings(wide)
+    changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} - {"filename_resolved"}
+    assert changed == {"model.encoder.arch"} | ({"model.decoder.channels"} if method == "poodle" else set())
+    assert narrow.model.encoder.arch == "resnet10n"
+    objective = build_from(OBJECTIVES, dict(narrow.model), "objective", "model")
+    assert objective.encoder.arch == "resnet10n" and objective.encoder.out_channels == 128
+    if method == "poodle":
+        assert objective.decoder.out_channels == objective.encoder.out_channels

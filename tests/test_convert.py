@@ -78,6 +78,50 @@ def test_flowssl_torchvision_mmseg_stage_outputs_agree(tmp_path, os_):
         torch.testing.assert_close(theirs_mm[s], ours[s], atol=1e-4, rtol=0, msg=f"mmseg {s}")
 
 
+@pytest.mark.parametrize("os_", [8, 32])
+def test_narrow_encoder_converts_to_torchvision_and_mmseg_exactly(tmp_path, os_):
+    """resnet10n (basic blocks at widths 16-128): the converted files rebuild the same features in
+    torchvision names and through mmseg's own ResNet and BasicBlock, loaded by mmseg's Pretrained init."""
+    mmseg_models = pytest.importorskip("mmseg.models")
+    enc = _random_encoder("resnet10n", os_)
+    src = _flowssl_ckpt(tmp_path, enc)
+    assert convert(src, "torchvision", tmp_path / "tv.pth")["arch"] == "resnet10n"
+    convert(src, "mmseg", tmp_path / "mm.pth")
+    tv = ResNetEncoder("resnet10n", os_)
+    tv.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))  # strict: torchvision's names
+    assert read_encoder(tmp_path / "tv.pth").arch == "resnet10n"  # told apart from resnet14 without metadata
+
+    class MMResNet10(mmseg_models.backbones.ResNet):
+        arch_settings = {10: (mmseg_models.backbones.resnet.BasicBlock, (1, 1, 1, 1))}
+
+    mm = MMResNet10(depth=10, stem_channels=16, base_channels=16, strides=(1, 2, 1, 1) if os_ == 8 else (1, 2, 2, 2),
+                    dilations=(1, 1, 2, 4) if os_ == 8 else (1, 1, 1, 1), contract_dilation=True, style="pytorch",
+                    out_indices=(0, 1, 2, 3), init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mm.pth")))
+    mm.init_weights()
+    mm.eval()  # mmseg's ResNet.train returns None
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ours = enc.forward_stages(x)
+        theirs_tv = tv.eval().forward_stages(x)
+        theirs_mm = dict(zip(STAGES, mm(x), strict=True))
+    assert ours["layer4"].shape[1:] == (128, 64 // os_, 96 // os_)
+    for s in STAGES:
+        torch.testing.assert_close(theirs_tv[s], ours[s], atol=0, rtol=0, msg=f"torchvision {s}")
+        torch.testing.assert_close(theirs_mm[s], ours[s], atol=1e-5, rtol=0, msg=f"mmseg {s}")
+
+
+def test_arch_detection_tells_narrow_from_bottleneck_and_detectron2_refuses_narrow(tmp_path, capsys):
+    for arch in ("resnet14", "resnet10n"):  # both have one block per stage
+        torch.save(ResNetEncoder(arch, 32).state_dict(), tmp_path / f"{arch}.pth")
+        assert read_encoder(tmp_path / f"{arch}.pth").arch == arch
+    src = _flowssl_ckpt(tmp_path, _random_encoder("resnet10n", 8))
+    assert main(["convert", src, "--to", "detectron2", "-o", str(tmp_path / "d2.pkl")]) == 2
+    first = capsys.readouterr().err.strip().splitlines()[0]
+    assert first.startswith("flowssl: error: --to detectron2: arch resnet10n (basic blocks")
+    assert "--to mmseg" in first
+    assert not list(tmp_path.glob("d2.pkl*")) and not list(tmp_path.glob(".d2.pkl*"))
+
+
 def test_torchvision_to_detectron2_and_back_is_identical(tmp_path):
     tv = _random_encoder("resnet14", 32)
     torch.save(tv.state_dict(), tmp_path / "tv.pth")

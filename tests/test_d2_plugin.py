@@ -194,3 +194,29 @@ def test_evaluation_produces_ap(tmp_path, synthetic):
     assert {"AP", "AP50", "AP75"} <= set(results["bbox"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["framework"] == "detectron2" and saved["frozen"] is True and "AP50" in saved["metrics"]["bbox"]
+
+
+def test_detectron2_refuses_the_narrow_encoder(tmp_path):
+    """resnet10n (basic blocks at widths 16-128) has no detectron2 build: a sidecar naming it, or
+    MODEL.FLOWSSL.ARCH set to it, is one error naming the arch (never a stock R-18 built instead)."""
+    import json
+
+    from d2_plugin.config import checkpoint_hints
+    from pretrain.config import ConfigError
+
+    (tmp_path / "w.pkl.json").write_text(json.dumps({"arch": "resnet10n", "detectron2_config": {}}))
+    with pytest.raises(ConfigError, match=r"arch resnet10n \(basic blocks.*cannot be built by detectron2"):
+        checkpoint_hints(tmp_path / "w.pkl")
+    (tmp_path / "w.pkl.json").write_text(json.dumps({"arch": "resnet50", "detectron2_config": {
+        "MODEL.RESNETS.DEPTH": 10}}))
+    with pytest.raises(ConfigError, match=r"MODEL.RESNETS.DEPTH' is 10, expected one of \[14, 50, 101\]"):
+        checkpoint_hints(tmp_path / "w.pkl")
+    _d2()
+    from detectron2.modeling import build_model
+
+    from d2_plugin.train import setup
+
+    cfg = setup(str(REPO / "configs/d2/faster_rcnn_flowssl_R14_C4_synthetic_tiny.yaml"),
+                ["MODEL.FLOWSSL.ARCH", "resnet10n", "MODEL.DEVICE", "cpu"], data_root=str(tmp_path))
+    with pytest.raises(KeyError, match="MODEL.FLOWSSL.ARCH: arch resnet10n"):
+        build_model(cfg)

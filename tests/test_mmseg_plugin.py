@@ -25,6 +25,7 @@ from .conftest import REPO, tiny_poodle  # noqa: E402
 register_all_modules()
 CONFIGS = sorted((REPO / "configs" / "mmseg").glob("*.py"))
 TINY = REPO / "configs" / "mmseg" / "deeplabv1_flowssl-r14-frozen_1xb4-300_synthetic-64x128.py"
+NARROW = REPO / "configs" / "mmseg" / "deeplabv1_flowssl-r10n-frozen_1xb4-300_synthetic-64x128.py"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -45,10 +46,10 @@ def test_every_config_builds(path):
     assert (not any(frozen)) if "frozen" in path.stem else all(frozen)
 
 
-def _flowssl_checkpoint(tmp_path: Path) -> Path:
+def _flowssl_checkpoint(tmp_path: Path, arch: str = "resnet14") -> Path:
     torch.manual_seed(0)
-    enc = ResNetEncoder("resnet14", 8)
-    path = tmp_path / "flowssl.pth"
+    enc = ResNetEncoder(arch, 8)
+    path = tmp_path / ("flowssl.pth" if arch == "resnet14" else f"flowssl_{arch}.pth")
     torch.save({"encoder": enc.state_dict(), "meta": {"method": "rand_init", **enc.meta}, "model": {}}, path)
     return path
 
@@ -59,13 +60,13 @@ def synthetic_root(tmp_path_factory) -> Path:
     return write_cityscapes_layout(root, seed=0, videos={"train": 2, "val": 1}, frames_per_video=2)
 
 
-def _cfg(tmp_path, data_root, config=TINY, iters=3, **options):
+def _cfg(tmp_path, data_root, config=TINY, iters=3, arch="resnet14", **options):
     opts = {"train_cfg.max_iters": iters, "train_cfg.val_interval": iters, "param_scheduler.0.end": iters,
             "default_hooks.checkpoint.interval": iters, "default_hooks.logger.interval": 1,
             "train_dataloader.batch_size": 2, **options}
     for split in ("train", "val", "test"):
         opts[f"{split}_dataloader.dataset.data_root"] = str(data_root)
-    return load_cfg(config, tmp_path / "work", _flowssl_checkpoint(tmp_path), opts)
+    return load_cfg(config, tmp_path / "work", _flowssl_checkpoint(tmp_path, arch), opts)
 
 
 def _backbone_state(model) -> dict[str, torch.Tensor]:
@@ -94,12 +95,13 @@ def test_frozen_readout_leaves_backbone_bit_identical(tmp_path, synthetic_root, 
         assert any("running_mean" in k for k in changed) and any(k.endswith("conv1.weight") for k in changed)
 
 
-def test_backbone_features_equal_the_pretrain_encoder(tmp_path):
-    ckpt = _flowssl_checkpoint(tmp_path)
-    mm = MODELS.build(dict(type="FlowsslResNet", arch="resnet14", output_stride=8, frozen=True, checkpoint=str(ckpt)))
+@pytest.mark.parametrize("arch", ["resnet14", "resnet10n"])
+def test_backbone_features_equal_the_pretrain_encoder(tmp_path, arch):
+    ckpt = _flowssl_checkpoint(tmp_path, arch)
+    mm = MODELS.build(dict(type="FlowsslResNet", arch=arch, output_stride=8, frozen=True, checkpoint=str(ckpt)))
     mm.init_weights()
     mm.eval()
-    enc = ResNetEncoder("resnet14", 8)
+    enc = ResNetEncoder(arch, 8)
     enc.load_state_dict(torch.load(ckpt, weights_only=True)["encoder"])
     enc.eval()
     x = torch.randn(1, 3, 64, 96)
@@ -108,6 +110,16 @@ def test_backbone_features_equal_the_pretrain_encoder(tmp_path):
         theirs = mm(x)
     for name, t in zip(("layer1", "layer2", "layer3", "layer4"), theirs, strict=True):
         torch.testing.assert_close(t, ours[name], atol=1e-5, rtol=0)
+
+
+def test_narrow_readout_config_reads_the_narrow_encoder(tmp_path, synthetic_root):
+    """The resnet10n readout: its head takes layer4's 128 channels, and the trained backbone is the checkpoint's."""
+    cfg = _cfg(tmp_path, synthetic_root, config=NARROW, iters=2, arch="resnet10n")
+    assert cfg.model.backbone.arch == "resnet10n" and cfg.model.decode_head.in_channels == 128
+    model = run_train(cfg).model
+    enc = torch.load(tmp_path / "flowssl_resnet10n.pth", weights_only=True)["encoder"]
+    assert torch.equal(model.backbone.layer4[0].conv1.weight, enc["layer4.0.conv1.weight"])
+    assert model.decode_head.conv_seg.weight.shape == (6, 128, 1, 1)
 
 
 def test_evaluation_writes_miou_and_per_class_iou(tmp_path, synthetic_root):

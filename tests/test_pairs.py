@@ -183,3 +183,87 @@ def test_flow_show_writes_pictures(tmp_path, capsys):
     assert main(["flow", "show", str(tmp_path / "nope.png"), str(tmp_path / "f" / "frame_0000.png"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "nope.png does not exist" in capsys.readouterr().err
+
+
+# -- clip cache: clips rendered once, samples unchanged ----------------------------------------------------
+
+CLIPS = {"seed": 3, "num_videos": 2, "num_frames": 3, "frame_gap": 2, "height": 32, "width": 64}
+
+
+@pytest.fixture()
+def one_thread():
+    """The rendering path as a DataLoader worker runs it (one thread): fast on a busy CPU."""
+    from pretrain.data.clip_cache import one_thread
+
+    with one_thread():
+        yield
+
+
+def _clip_datasets(tmp_path, **kwargs):
+    live = SyntheticPairs(**CLIPS, **kwargs)
+    return live, SyntheticPairs(**CLIPS, **kwargs, clip_cache=str(tmp_path / "clips"))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"crop_size": (16, 32), "flow": {"type": "ground_truth"}, "return_frames": True},  # FlowE: crops + exact flow
+    {"crop_size": (32, 64), "scale_range": (1.5, 2.0), "flow": {"type": "ground_truth"}},  # whole frames, rescaled
+    {"crop_size": (32, 64), "flow": None, "mode": "byol", "window": 0.5, "view_size": (16, 32)},  # BYOL (crop w/ video)
+], ids=["flowe-crops", "scaled", "byol-crop"])
+def test_clip_cache_serves_the_samples_the_renderer_makes(tmp_path, kwargs, monkeypatch, one_thread):
+    live, cached = _clip_datasets(tmp_path, **kwargs)
+    folder = next((tmp_path / "clips").iterdir())
+    video = folder / f"video-{cached.video_seed(0)}"
+    flows = 2 * 3 * 2 if kwargs["flow"] else 0  # flow + valid, both directions, 3 pairs
+    assert len(list(video.glob("*.npy"))) == 3 + 2 + flows and np.load(video / "frame-00000.npy").dtype == np.uint8
+    want = [live[i] for i in range(6)]
+    # once the dataset is built nothing renders: samples come from the files
+    monkeypatch.setattr(MovingShapesVideo, "render", lambda *a, **k: pytest.fail("rendered a frame"))
+    monkeypatch.setattr(MovingShapesVideo, "flow", lambda *a, **k: pytest.fail("rendered a flow"))
+    for i, w in enumerate(want):
+        got = cached[i]
+        assert w.keys() == got.keys()
+        for k in w:
+            assert torch.equal(w[k], got[k]), (i, k)
+
+
+def test_clip_cache_frames_are_shared_and_byol_frames_match(tmp_path, one_thread):
+    from pretrain.data.datasets import SyntheticFrames
+
+    _clip_datasets(tmp_path, crop_size=(16, 32), flow={"type": "ground_truth"})
+    folder = next((tmp_path / "clips").iterdir())
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.npy")}
+    opts = {k: CLIPS[k] for k in ("seed", "num_videos", "num_frames", "height", "width")}
+    live = SyntheticFrames(**opts, crop_size=(16, 32))
+    cached = SyntheticFrames(**opts, crop_size=(16, 32), clip_cache=str(tmp_path / "clips"))
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.npy")} == before  # its frames were there: none rendered
+    for i in range(4):
+        want, got = live[i], cached[i]
+        assert all(torch.equal(want[k], got[k]) for k in want)
+    # the same samples with or without: a resume may add, move or drop the cache
+    from pretrain.trainer import changed_settings
+
+    assert changed_settings({"data.num_videos": 2}, {"data.num_videos": 2, "data.clip_cache": "clips"}) == []
+    # 8-bit frames: what a video file (and the readout's PNGs) hold
+    frame = SyntheticPairs(**CLIPS, crop_size=(32, 64), colour=False, return_frames=True,
+                           flow={"type": "ground_truth"})[0]["frame1"]
+    assert torch.equal((frame * 255).round() / 255, frame)
+
+
+def test_clip_cache_refuses_a_mismatched_or_stale_cache(tmp_path, one_thread):
+    _clip_datasets(tmp_path, crop_size=(16, 32), flow={"type": "ground_truth"})
+    folder = next((tmp_path / "clips").iterdir())
+    header = json.loads((folder / "clip_cache.json").read_text())
+    (folder / "clip_cache.json").write_text(json.dumps({**header, "width": 65}))
+    with pytest.raises(ValueError, match=r"clip cache .* holds .*'width': 65.*delete the folder"):
+        SyntheticPairs(**CLIPS, clip_cache=str(tmp_path / "clips"))
+    (folder / "clip_cache.json").write_text(json.dumps(header))
+    # clips that are not what the world renders now (its code changed): refused, never served
+    video = next(folder.glob("video-*"))
+    frame = np.load(video / "frame-00000.npy")
+    frame[:, CLIPS["height"] // 2] ^= 1
+    np.save(video / "frame-00000.npy", frame)
+    with pytest.raises(ValueError, match=r"differs from what world 'crowded' renders now.*delete the folder"):
+        SyntheticPairs(**CLIPS, clip_cache=str(tmp_path / "clips"))
+    (video / "frame-00000.npy").write_bytes(b"not npy")
+    with pytest.raises(ValueError, match=r"frame-00000.npy cannot be read"):
+        SyntheticPairs(**CLIPS, clip_cache=str(tmp_path / "clips"))

@@ -186,11 +186,22 @@ def test_detectron2_results_with_nan_ap_are_standard_json_and_tables_read_them(t
 # -- arch table, pixel statistics, class names ----------------------------------------------------------
 
 def test_every_framework_builds_the_archs_of_the_one_table():
-    assert readout.ARCH_DEPTH == {"resnet14": 14, "resnet50": 50, "resnet101": 101}
+    assert readout.ARCH_DEPTH == {"resnet14": 14, "resnet50": 50, "resnet101": 101, "resnet10n": 10}
     assert {a: tuple(blocks) for a, (_, blocks) in ARCHS.items()} == readout.ARCH_BLOCKS
-    for arch, blocks in readout.ARCH_BLOCKS.items():
-        assert readout.arch_of_blocks(blocks) == arch
+    for arch, spec in readout.ARCH_SPECS.items():
+        assert readout.arch_of_blocks(spec.blocks, spec.block, spec.width) == arch
+        enc = ResNetEncoder(arch, 8)
+        assert enc.out_channels == spec.out_channels and enc.conv1.out_channels == spec.width
+        assert {k: v.shape[1] for k, v in enc.forward_stages(torch.zeros(1, 3, 32, 32)).items()} == spec.stage_channels
+    assert readout.ARCH_SPECS["resnet10n"].stage_channels == {"stem": 16, "layer1": 16, "layer2": 32, "layer3": 64,
+                                                              "layer4": 128}
+    # mmseg keys layouts by depth: one depth, one (block, blocks)
+    by_depth = {s.depth: (s.block, s.blocks) for s in readout.ARCH_SPECS.values()}
+    assert len(by_depth) == len(readout.ARCH_SPECS)
     assert readout.arch_of_blocks((3, 8, 36, 3)) is None
+    assert readout.arch_of_blocks((1, 1, 1, 1), "basic", 64) is None
+    assert readout.D2_ARCHS == ("resnet14", "resnet50", "resnet101") and readout.d2_arch_error("resnet50") is None
+    assert "resnet10n (basic blocks, widths 16-128) cannot be built by detectron2" in readout.d2_arch_error("resnet10n")
     from d2_plugin.export import d2_config_hints
     from pretrain.convert import Encoder
 
@@ -204,13 +215,16 @@ def test_mmseg_and_detectron2_read_the_one_arch_table():
     pytest.importorskip("mmcv.ops")
     from mmseg_plugin.backbone import FlowsslResNet
 
-    for arch, blocks in readout.ARCH_BLOCKS.items():
-        assert FlowsslResNet.arch_settings[readout.ARCH_DEPTH[arch]][1] == blocks
-        assert FlowsslResNet(arch=arch, output_stride=32).depth == readout.ARCH_DEPTH[arch]
+    for arch, spec in readout.ARCH_SPECS.items():
+        assert FlowsslResNet.arch_settings[spec.depth][1] == spec.blocks
+        mm = FlowsslResNet(arch=arch, output_stride=32)
+        assert mm.depth == spec.depth and mm.block.__name__ == {"bottleneck": "Bottleneck", "basic": "BasicBlock"}[
+            spec.block] and mm.feat_dim == spec.out_channels
     if importlib.util.find_spec("detectron2") is not None:
         from d2_plugin import config, modeling
 
         assert config.ARCH_DEPTH is readout.ARCH_DEPTH and modeling.ARCH_BLOCKS is readout.ARCH_BLOCKS
+        assert config.D2_DEPTHS == [14, 50, 101]  # the narrow arch is refused, not built as a stock R-10
 
 
 def test_pixel_statistics_and_synthetic_classes_have_one_home():

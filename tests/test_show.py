@@ -20,6 +20,17 @@ def test_pca_projection_separates_regions():
     assert project_to_rgb(feats, "random").shape == (3, 8, 8)
 
 
+def test_show_embeddings_of_the_narrow_encoder(tmp_path):
+    image = tmp_path / "i.png"
+    cv2.imwrite(str(image), (torch.rand(64, 96, 3) * 255).byte().numpy())
+    enc = ResNetEncoder("resnet10n", 8)
+    torch.save({"encoder": enc.state_dict(), "meta": {"method": "rand_init", **enc.meta}}, tmp_path / "c.pth")
+    for stage in ("layer1", "layer4"):  # 16 and 128 channels
+        assert main(["show", "embeddings", str(tmp_path / "c.pth"), str(image), "--out", str(tmp_path / "e.png"),
+                     "--stage", stage]) == 0
+        assert cv2.imread(str(tmp_path / "e.png")).shape == (64, 192, 3)
+
+
 def test_show_embeddings_and_predictions(tmp_path, capsys):
     root = write_cityscapes_layout(tmp_path / "syn", videos={"train": 1, "val": 1}, frames_per_video=2)
     image = next((root / "leftImg8bit" / "val").rglob("*.png"))

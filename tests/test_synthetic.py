@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.data.clip_cache import eight_bit
 from pretrain.data.coloured_shapes import ColouredShapesVideo
 from pretrain.data.pairs import SyntheticPairs
 from pretrain.data.synthetic import (
@@ -161,7 +162,7 @@ def test_pretraining_pairs_render_only_their_crop():
     matches = []  # (squared difference, video, time, top-left corner) of the best place for the crop
     for v in range(2):
         for t in range(4):
-            frame = ds.video(v).render(t)["image"].permute(1, 2, 0).numpy()
+            frame = eight_bit(ds.video(v).render(t)["image"]).permute(1, 2, 0).numpy()  # the 8-bit video
             score, _, corner, _ = cv2.minMaxLoc(cv2.matchTemplate(frame, crop, cv2.TM_SQDIFF))
             matches.append((score, v, t, corner))
     score, v, t, (x0, y0) = min(matches)

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..registry import DATASETS
 from .augment import BYOLViews
+from .clip_cache import CachedVideo, ClipCache, eight_bit
 from .synthetic import ShapeWorld, video_seed, world_class
 
 
@@ -64,29 +65,38 @@ class SeededDataset(Dataset):
 @DATASETS.register_module()
 class SyntheticFrames(SeededDataset):
     """Single frames of the synthetic video, as two BYOL views (the FlowE "BYOL" baseline).
-    ``world`` picks the world (:func:`~pretrain.data.synthetic.world_class`). With ``labels=True`` a
-    sample is one view (``image``) and the semantic ``label`` map of that view, cropped, resized and
-    flipped like it (nearest) — what the supervised oracle trains on."""
+    ``world`` picks the world (:func:`~pretrain.data.synthetic.world_class`). Frames are 8-bit;
+    ``clip_cache=<folder>`` renders them once (the frames SyntheticPairs' cache shares), as there. With
+    ``labels=True`` a sample is one view (``image``) and the semantic ``label`` map of that view, cropped,
+    resized and flipped like it (nearest) — what the supervised oracle trains on (rendered, not cached:
+    the cache holds no labels)."""
 
     def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, height: int = 128,
                  width: int = 256, crop_size: tuple[int, int] = (64, 128),
                  crop_scale: tuple[float, float] = (0.08, 1.0), video: dict | None = None,
-                 world: str = "crowded", labels: bool = False) -> None:
+                 world: str = "crowded", labels: bool = False, clip_cache: str | None = None) -> None:
         super().__init__(seed)
         self.labels = labels
         self.num_videos, self.num_frames = num_videos, num_frames
         self.height, self.width, self.video_kwargs = height, width, dict(video or {})
         self.world_class = world_class(world)
         self.views = BYOLViews(tuple(crop_size), tuple(crop_scale))
+        self.clips = None
+        if clip_cache is not None:
+            self.clips = ClipCache(clip_cache, world, height, width, self.video_kwargs)
+            self.clips.ensure([video_seed(seed, "pretrain", i) for i in range(num_videos)], num_frames)
 
     @lru_cache(maxsize=256)  # noqa: B019 - videos are small parameter sets, cached per worker
-    def video(self, index: int) -> ShapeWorld:
-        return self.world_class(video_seed(self.seed, "pretrain", index), self.height, self.width,
-                                **self.video_kwargs)
+    def video(self, index: int) -> ShapeWorld | CachedVideo:
+        seed = video_seed(self.seed, "pretrain", index)
+        if self.clips is not None:
+            return CachedVideo(self.clips, seed)
+        return self.world_class(seed, self.height, self.width, **self.video_kwargs)
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         v, t = int(rng.integers(self.num_videos)), int(rng.integers(self.num_frames))
-        frame = self.video(v).render(t)
         if self.labels:
-            return self.views.labelled(frame["image"], frame["semantic"])
-        return self.views(frame["image"])
+            seed = video_seed(self.seed, "pretrain", v)
+            frame = self.world_class(seed, self.height, self.width, **self.video_kwargs).render(t)
+            return self.views.labelled(eight_bit(frame["image"]), frame["semantic"])
+        return self.views(eight_bit(self.video(v).render(t)["image"]))

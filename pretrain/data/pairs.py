@@ -26,6 +26,7 @@ from ..flow.sources import FlowPair, build_flow_source, flow_cache_key
 from ..geometry import random_affine, render_view
 from ..registry import DATASETS
 from .augment import BYOLViews, normalize, photometric
+from .clip_cache import CachedVideo, ClipCache, eight_bit
 from .datasets import SeededDataset
 from .frames import BadDataError, BadFileCounter, list_images, try_read_rgb
 from .synthetic import ShapeWorld, WindowedVideo, video_seed, world_class
@@ -202,32 +203,45 @@ class SyntheticPairs(FramePairs):
 
     Videos are ``height``×``width``; with ``scale_range=(1, 1)`` (the default) each pair renders only
     its ``crop_size`` window, which is the crop of the whole frame at the cost of the crop.
-    ``world='coloured'`` is the first world (class = colour), for comparisons."""
+    ``world='coloured'`` is the first world (class = colour), for comparisons. Frames are 8-bit, as a
+    video file's (:func:`~pretrain.data.clip_cache.eight_bit`). ``clip_cache=<folder>``: render every
+    video's frames (and, for ground-truth flow, every pair's flow) once into that folder when the dataset
+    is built, and crop samples from there (:mod:`pretrain.data.clip_cache`) — the same samples."""
 
     def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, frame_gap: int = 2,
                  height: int = 128, width: int = 256, video: dict | None = None, world: str = "crowded",
-                 **kwargs: Any) -> None:
+                 clip_cache: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("crop_size", (height, width))
         kwargs.setdefault("scale_range", (1.0, 1.0))
         super().__init__(seed, **kwargs)
         self.num_videos, self.num_frames, self.frame_gap = num_videos, num_frames, frame_gap
         self.height, self.width, self.video_kwargs = height, width, dict(video or {})
         self.world_class = world_class(world)
+        self.clips = None
+        if clip_cache is not None:
+            self.clips = ClipCache(clip_cache, world, height, width, self.video_kwargs)
+            exact_flow = (kwargs.get("flow") or {}).get("type") == "ground_truth"
+            self.clips.ensure([self.video_seed(i) for i in range(num_videos)], num_frames + frame_gap,
+                              frame_gap if exact_flow else None, num_frames)
+
+    def video_seed(self, index: int) -> int:
+        return video_seed(self.seed, "pretrain", index)
 
     @lru_cache(maxsize=256)  # noqa: B019
-    def video(self, index: int) -> ShapeWorld:
-        return self.world_class(video_seed(self.seed, "pretrain", index), self.height, self.width,
-                                **self.video_kwargs)
+    def video(self, index: int) -> ShapeWorld | CachedVideo:
+        if self.clips is not None:
+            return CachedVideo(self.clips, self.video_seed(index))
+        return self.world_class(self.video_seed(index), self.height, self.width, **self.video_kwargs)
 
     def load_pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        v: ShapeWorld | WindowedVideo = self.video(int(rng.integers(self.num_videos)))
+        v: ShapeWorld | CachedVideo | WindowedVideo = self.video(int(rng.integers(self.num_videos)))
         t = int(rng.integers(self.num_frames))
         (ch, cw), key = self.crop_size, f"{v.seed}_{t}"
         if self.scale_range == (1.0, 1.0) and (ch, cw) != (self.height, self.width):
             y0, x0 = int(rng.integers(self.height - ch + 1)), int(rng.integers(self.width - cw + 1))
             v, key = WindowedVideo(v, (y0, x0, ch, cw)), f"{key}_{y0}_{x0}"
         info = {"videos": [v], "times": [(t, t + self.frame_gap)], "keys": [key]}
-        return v.render(t)["image"], v.render(t + self.frame_gap)["image"], info
+        return eight_bit(v.render(t)["image"]), eight_bit(v.render(t + self.frame_gap)["image"]), info
 
 
 class _GroupedFrames(FramePairs):

@@ -145,6 +145,13 @@ def _check_probe_readout(spec: dict[str, Any], where: str) -> None:
                               f"got {value!r}")
 
 
+def uses_clip_cache(cfg: Config) -> bool:
+    """A config whose training reads synthetic clips a clip cache can serve (not a fixed encoder)."""
+    data, model = cfg.get("data") or {}, cfg.get("model") or {}
+    return (data.get("type") in ("SyntheticPairs", "SyntheticFrames")
+            and model.get("type") not in ("rand_init", "imagenet_supervised"))
+
+
 def trained_checkpoint(runner: Any, work: Path, started: float) -> Path:
     """The checkpoint ``runner`` saved last, i.e. the readout this run trained. Never "the highest
     ``iter_*.pth`` in the folder": a killed earlier attempt with a longer schedule leaves a
@@ -249,7 +256,10 @@ class Bench:
 
         key = f"pretrain/{method}/seed{seed}"
         t0 = time.perf_counter()
-        ckpt = Trainer(load_config(config, options), work, resume="auto").train()
+        cfg = load_config(config, options)
+        if self.plan.get("clip_cache") and uses_clip_cache(cfg):  # rendered once, shared by the plan's methods
+            cfg = load_config(config, {**options, "data.clip_cache": str(self.work / "clips")})
+        ckpt = Trainer(cfg, work, resume="auto").train()
         self._record(key, "done", checkpoint=str(ckpt), seconds=round(time.perf_counter() - t0, 1))
         return ckpt
 

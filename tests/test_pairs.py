@@ -213,8 +213,8 @@ def test_clip_cache_serves_the_samples_the_renderer_makes(tmp_path, kwargs, monk
     live, cached = _clip_datasets(tmp_path, **kwargs)
     folder = next((tmp_path / "clips").iterdir())
     video = folder / f"video-{cached.video_seed(0)}"
-    flows = 2 * 3 * 2 if kwargs["flow"] else 0  # flow + valid, both directions, 3 pairs
-    assert len(list(video.glob("*.npy"))) == 3 + 2 + flows and np.load(video / "frame-00000.npy").dtype == np.uint8
+    flows = 2 * 3 * 2 if kwargs["flow"] else 0  # flow + valid, both directions, 3 pairs  (and each frame's labels)
+    assert len(list(video.glob("*.npy"))) == 2 * (3 + 2) + flows and np.load(video / "frame-00000.npy").dtype == np.uint8
     want = [live[i] for i in range(6)]
     # once the dataset is built nothing renders: samples come from the files
     monkeypatch.setattr(MovingShapesVideo, "render", lambda *a, **k: pytest.fail("rendered a frame"))
@@ -239,6 +239,12 @@ def test_clip_cache_frames_are_shared_and_byol_frames_match(tmp_path, one_thread
     for i in range(4):
         want, got = live[i], cached[i]
         assert all(torch.equal(want[k], got[k]) for k in want)
+    # the oracle's labelled views: the cache holds each frame's labels too
+    live, cached = (SyntheticFrames(**opts, crop_size=(16, 32), labels=True, **extra)
+                    for extra in ({}, {"clip_cache": str(tmp_path / "clips")}))
+    for i in range(4):
+        want, got = live[i], cached[i]
+        assert set(want) == set(got) == {"image", "label"} and all(torch.equal(want[k], got[k]) for k in want)
     # the same samples with or without: a resume may add, move or drop the cache
     from pretrain.trainer import changed_settings
 

@@ -17,6 +17,7 @@ Layout (every file written to a temp name and renamed, so a reader never sees ha
 
     <folder>/<world>-<H>x<W>-<digest>/clip_cache.json        format, world, sizes, video options
     <folder>/<world>-<H>x<W>-<digest>/video-<video seed>/frame-<t>.npy         uint8 [3, H, W]
+                                                        label-<t>.npy         uint8 [H, W] (semantic)
                                                         flow-<t1>-<t2>.npy     float32 [2, H, W]
                                                         valid-<t1>-<t2>.npy    bool [H, W]
 
@@ -116,6 +117,9 @@ class ClipCache:
     def frame_path(self, seed: int, t: int) -> Path:
         return self.dir / f"video-{seed}" / f"frame-{t:05d}.npy"
 
+    def label_path(self, seed: int, t: int) -> Path:
+        return self.dir / f"video-{seed}" / f"label-{t:05d}.npy"
+
     def flow_paths(self, seed: int, t1: int, t2: int) -> tuple[Path, Path]:
         folder = self.dir / f"video-{seed}"
         return folder / f"flow-{t1:05d}-{t2:05d}.npy", folder / f"valid-{t1:05d}-{t2:05d}.npy"
@@ -133,7 +137,8 @@ class ClipCache:
     def _ensure(self, seeds: Sequence[int], frames: int, gap: int | None, pairs: int) -> None:
         todo: list[tuple[int, list[int], list[tuple[int, int]]]] = []
         for seed in seeds:
-            times = [t for t in range(frames) if not self.frame_path(seed, t).exists()]
+            times = [t for t in range(frames)
+                     if not (self.frame_path(seed, t).exists() and self.label_path(seed, t).exists())]
             flows = [(a, b) for t in range(pairs if gap else 0) for a, b in ((t, t + gap), (t + gap, t))
                      if not all(p.exists() for p in self.flow_paths(seed, a, b))]
             if len(times) < frames or len(flows) < 2 * pairs * bool(gap):
@@ -149,7 +154,9 @@ class ClipCache:
         for seed, times, flows in todo:
             video = self.world(seed)
             for t in times:
-                _save(to_uint8(video.render(t)["image"]).numpy(), self.frame_path(seed, t))
+                frame = video.render(t)
+                _save(to_uint8(frame["image"]).numpy(), self.frame_path(seed, t))
+                _save(frame["semantic"].to(torch.uint8).numpy(), self.label_path(seed, t))  # the oracle's labels
             for a, b in flows:
                 out = video.flow(a, b)
                 flow_path, valid_path = self.flow_paths(seed, a, b)
@@ -204,7 +211,9 @@ class CachedVideo:
         return torch.from_numpy(np.array(array))
 
     def render(self, t: int, window: Window | None = None) -> dict[str, torch.Tensor]:
-        return {"image": from_uint8(self._crop(self.cache.load(self.cache.frame_path(self.seed, int(t))), window))}
+        image = from_uint8(self._crop(self.cache.load(self.cache.frame_path(self.seed, int(t))), window))
+        label = self._crop(self.cache.load(self.cache.label_path(self.seed, int(t))), window).long()
+        return {"image": image, "semantic": label}
 
     def flow(self, t1: int, t2: int, window: Window | None = None) -> dict[str, torch.Tensor]:
         flow_path, valid_path = self.cache.flow_paths(self.seed, int(t1), int(t2))

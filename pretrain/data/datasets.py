@@ -68,8 +68,8 @@ class SyntheticFrames(SeededDataset):
     ``world`` picks the world (:func:`~pretrain.data.synthetic.world_class`). Frames are 8-bit;
     ``clip_cache=<folder>`` renders them once (the frames SyntheticPairs' cache shares), as there. With
     ``labels=True`` a sample is one view (``image``) and the semantic ``label`` map of that view, cropped,
-    resized and flipped like it (nearest) — what the supervised oracle trains on (rendered, not cached:
-    the cache holds no labels)."""
+    resized and flipped like it (nearest) — what the supervised oracle trains on (rendered or cached:
+    the cache holds them too)."""
 
     def __init__(self, seed: int = 0, num_videos: int = 64, num_frames: int = 32, height: int = 128,
                  width: int = 256, crop_size: tuple[int, int] = (64, 128),
@@ -95,8 +95,7 @@ class SyntheticFrames(SeededDataset):
 
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         v, t = int(rng.integers(self.num_videos)), int(rng.integers(self.num_frames))
+        frame = self.video(v).render(t)
         if self.labels:
-            seed = video_seed(self.seed, "pretrain", v)
-            frame = self.world_class(seed, self.height, self.width, **self.video_kwargs).render(t)
             return self.views.labelled(eight_bit(frame["image"]), frame["semantic"])
-        return self.views(eight_bit(self.video(v).render(t)["image"]))
+        return self.views(eight_bit(frame["image"]))

@@ -1,0 +1,5 @@
+# The CPU benchmark's s3_affine (configs/bench/tiny.py): its r10n demo config on world v3
+# (pretrain/data/world_v3.py: large shapes, class = shape + a part family, colour says nothing).
+_base_ = ["./s3_affine_r10n_synthetic_demo.py"]
+
+data = dict(world="v3")

@@ -213,8 +213,9 @@ def test_clip_cache_serves_the_samples_the_renderer_makes(tmp_path, kwargs, monk
     live, cached = _clip_datasets(tmp_path, **kwargs)
     folder = next((tmp_path / "clips").iterdir())
     video = folder / f"video-{cached.video_seed(0)}"
-    flows = 2 * 3 * 2 if kwargs["flow"] else 0  # flow + valid, both directions, 3 pairs  (and each frame's labels)
-    assert len(list(video.glob("*.npy"))) == 2 * (3 + 2) + flows and np.load(video / "frame-00000.npy").dtype == np.uint8
+    flows = 2 * 3 * 2 if kwargs["flow"] else 0  # flow + valid, both directions, 3 pairs
+    frames = 2 * (3 + 2)  # 5 frames and their labels
+    assert len(list(video.glob("*.npy"))) == frames + flows and np.load(video / "frame-00000.npy").dtype == np.uint8
     want = [live[i] for i in range(6)]
     # once the dataset is built nothing renders: samples come from the files
     monkeypatch.setattr(MovingShapesVideo, "render", lambda *a, **k: pytest.fail("rendered a frame"))

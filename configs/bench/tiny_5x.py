@@ -1,8 +1,8 @@
 # The tiny benchmark's follow-up measurement: does the gap between the methods grow with pretraining?
-# Same world, readout data and frozen DeepLab v1 readout as `tiny.py`, 5× its pretraining (300 iterations
+# Same world, readout data and frozen DeepLab v1 readout as `tiny_v2.py`, 5× its pretraining (300 iterations
 # of batch 8), one seed, BYOL / FlowE / PooDLe (Rand Init is budget-free: tiny.py's row holds). ≈ 17 min
 # on 2 CPU cores. Not a preset: `flowssl bench configs/bench/tiny_5x.py`.
-_base_ = ["./tiny.py"]
+_base_ = ["./tiny_v2.py"]
 
 methods = dict(
     _delete_=True,

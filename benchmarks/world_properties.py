@@ -78,20 +78,13 @@ def colour_classifiers(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torc
         return float(np.mean([(pred[yv == c] == c).double().mean().item() for c in range(K) if (yv == c).any()]))
 
     def logistic(weight: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-        lin = torch.nn.Linear(3, K).double()
-        torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
-        opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, tolerance_grad=1e-9, tolerance_change=1e-12,
-                                history_size=20, line_search_fn="strong_wolfe")
+        """Converged (class-weighted) RGB logistic regression: the probe's own fit, with one-hot targets
+        scaled by the class weight (the weighted cross-entropy's minimiser) and no L2."""
+        from pretrain.probe import fit_softmax_regression
 
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(lin(x), y, weight=weight)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            return lin(xv).argmax(1), int(opt.state[lin.weight]["n_iter"])
+        targets = F.one_hot(y, K).double() * (weight[y, None] if weight is not None else 1.0)
+        fit = fit_softmax_regression(x.float(), targets.float(), l2=0.0, max_iter=300, tol=1e-7)
+        return (xv.float() @ fit["weight"].T + fit["bias"]).argmax(1), fit["iterations"]
 
     plain, it_plain = logistic(None)
     counts = torch.bincount(y, minlength=K).double().clamp(min=1)

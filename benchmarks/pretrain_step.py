@@ -154,7 +154,16 @@ COMPARE_ARCHS = (("resnet14", "r14"), ("resnet10n", "r10n"))
 
 
 def compare(methods: list[str], rounds: int, threads: int, batch_size: int) -> None:
-    """Samples/s of the demo's pretraining step per method and encoder, interleaved in this process."""
+    """Samples/s of the demo's pretraining step per method and encoder, interleaved in this process
+    (at ``threads`` threads; the caller's thread count is restored afterwards, since it changes results)."""
+    before = torch.get_num_threads()
+    try:
+        _compare(methods, rounds, threads, batch_size)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compare(methods: list[str], rounds: int, threads: int, batch_size: int) -> None:
     import statistics
     from collections import defaultdict
 

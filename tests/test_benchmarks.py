@@ -40,7 +40,9 @@ def test_peak_lookup_prefers_the_longest_matching_name(pretrain_step, monkeypatc
 
 
 def test_compare_times_both_encoders_of_the_demo_in_one_process(pretrain_step, capsys):
+    threads = torch.get_num_threads()
     pretrain_step.compare(["byol"], rounds=1, threads=1, batch_size=2)  # BYOL's head norms over the batch
+    assert torch.get_num_threads() == threads  # restored: later runs in this process compute as before
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("byol")]
     assert [r[1] for r in rows] == ["resnet14", "resnet10n"] and rows[0][-1] == "1.00×"
     assert float(rows[1][-2]) < float(rows[0][-2]) / 10  # GFLOP per step: the narrow encoder's is far below

@@ -375,6 +375,51 @@ def read_cityscapes_split(root: str | os.PathLike[str], split: str) -> tuple[tor
     return torch.stack(images), torch.stack(labels), files
 
 
+def read_cityscapes_instances(files: Sequence[str | os.PathLike[str]]) -> torch.Tensor:
+    """Instance ids [N, H, W] (``class*1000 + k`` for things, the train id below 1000 for stuff) of the
+    ``*_leftImg8bit.png`` files :func:`read_cityscapes_split` returned, from their ``gtFine`` twins."""
+    import cv2
+    import numpy as np
+
+    out = []
+    for f in map(Path, files):
+        split_dir = f.parent.parent
+        gt = (split_dir.parent.parent / "gtFine" / split_dir.name / f.parent.name
+              / f.name.replace("_leftImg8bit.png", "_gtFine_instanceIds.png"))
+        ids = cv2.imread(str(gt), cv2.IMREAD_UNCHANGED)
+        if ids is None:
+            raise FileNotFoundError(f"cannot read {gt}; the small/large-instance diagnostic needs the instance ids "
+                                    "write_cityscapes_layout writes")
+        out.append(torch.from_numpy(ids.astype(np.int64)))
+    return torch.stack(out)
+
+
+# -- diagnostics (issue 23: what a readout's mIoU is made of) -----------------------------------------
+
+def foreground_labels(labels: torch.Tensor, background: int = 0) -> torch.Tensor:
+    """Binary labels: 0 for ``background``, 1 for every other class, the ignore index kept — the
+    target of the foreground/background probe (objectness, without class)."""
+    return torch.where(labels == IGNORE_INDEX, labels, (labels != background).long())
+
+
+def instance_recall(predictions: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
+    """[M, 3] float64 rows (visible area in pixels, class, recall) for every thing instance (id ≥ 1000,
+    class ``id // 1000``) of every image: recall = the fraction of its pixels predicted as its class.
+    PooDLe's claim is about small objects; grouping these rows by area says whether a readout's mIoU
+    comes from the large ones."""
+    if predictions.shape != instances.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and instance ids {tuple(instances.shape)} "
+                         "differ in shape; score the same val frames")
+    rows = []
+    for pred, ids in zip(predictions.long(), instances.long(), strict=True):
+        things = ids >= 1000
+        uniq, inverse, area = torch.unique(ids[things], return_inverse=True, return_counts=True)
+        hit = (pred[things] == ids[things] // 1000).double()
+        correct = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, hit)
+        rows.append(torch.stack([area.double(), (uniq // 1000).double(), correct / area], 1))
+    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+
+
 # -- readouts -----------------------------------------------------------------------------------------
 
 def _cells(features: torch.Tensor) -> torch.Tensor:

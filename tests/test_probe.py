@@ -248,3 +248,45 @@ def test_bootstrap_interval_over_val_images():
     assert lo < iou_from_confusion(mixed.sum(0))[0] < hi
     with pytest.raises(ValueError, match=r"\[N, K, K\]"):
         bootstrap_miou([torch.zeros(3, 2, 4)])
+
+
+def test_foreground_labels_merge_object_classes_and_keep_ignored_pixels():
+    labels = torch.tensor([[[0, 1, 2], [5, 255, 0]]])
+    assert probe.foreground_labels(labels).tolist() == [[[0, 1, 1], [1, 255, 0]]]
+
+
+def test_instance_recall_is_the_fraction_of_each_instance_predicted_as_its_class():
+    """Two instances by hand: a class-1 instance of 4 px with 3 hit, a class-2 one of 2 px with none;
+    stuff pixels (ids below 1000) are no instance."""
+    ids = torch.tensor([[[1001, 1001, 0, 2000], [1001, 1001, 0, 2000]]])
+    pred = torch.tensor([[[1, 1, 0, 1], [1, 3, 2, 0]]])
+    rows = probe.instance_recall(pred, ids).tolist()
+    assert rows == [[4.0, 1.0, 0.75], [2.0, 2.0, 0.0]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        probe.instance_recall(pred[:, :1], ids)
+
+
+def test_readout_diagnostics_on_a_bench_work_dir(tmp_path, capsys):
+    """benchmarks/readout_diagnostics.py on a finished bench: the label-ceiling row beats Rand Init on
+    both the binary probe and instance recall, and the numbers land in diagnostics.json."""
+    import importlib.util
+
+    plan = tmp_path / "plan.py"
+    plan.write_text(f'''
+methods = dict(rand_init="{REPO}/configs/pretrain/rand_init_r10n_v3_demo.py")
+pretrain_options = dict(quiet=True)
+seeds = [0]
+synthetic = dict(videos=dict(train=2, val=1), frames_per_video=2, world="v3")
+readouts = [dict(name="linear_probe", framework="probe", dataset="synthetic", options=dict(tol=1e-3))]
+''')
+    work = tmp_path / "work"
+    assert main(["bench", str(plan), "--work-dir", str(work)]) == 0
+    spec = importlib.util.spec_from_file_location("readout_diagnostics", REPO / "benchmarks/readout_diagnostics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(work)]) == 0
+    assert "| rand_init seed0 |" in capsys.readouterr().out
+    rows = json.loads((work / "diagnostics.json").read_text())["rows"]
+    ceiling, floor = rows["ceiling (one-hot labels)"], rows["rand_init seed0"]
+    assert ceiling["fg/bg fg IoU"] > floor["fg/bg fg IoU"] and ceiling["fg/bg fg IoU"] > 80
+    assert ceiling["recall large"] > floor["recall large"]

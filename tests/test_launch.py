@@ -3,6 +3,7 @@ the paper's readout batch, and the bad inputs (one line, exit 2, nothing submitt
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -143,7 +144,11 @@ def test_slurm_dry_run_of_the_paper_plan(tmp_path, capsys):
     out = capsys.readouterr().out
     ids, scripts = _job_ids(out), _scripts(work)
     methods = ("rand_init", "byol", "byol_crop", "byol_crop_video", "flowe", "flow_similarity")
-    assert len(scripts) == len(ids) == len(methods) * (1 + 1 + 4) + 1 and "nothing submitted" in out
+    # four readouts per method, two of them detectron2's: skipped (and said so) where it is not installed
+    have_d2 = importlib.util.find_spec("detectron2") is not None
+    readouts = 4 if have_d2 else 2
+    assert len(scripts) == len(ids) == len(methods) * (1 + 1 + readouts) + 1 and "nothing submitted" in out
+    assert have_d2 or "results/flowe/bdd100k/c4/seed0: skipped (detectron2 is not installed)" in out
     assert not (work / "status.json").exists() and not (work / "submitit").exists()
 
     pre = _flags(scripts["pretrain_flowe_seed0"])  # the paper's 64 GPUs: 8 nodes × 8, one task per GPU
@@ -158,8 +163,9 @@ def test_slurm_dry_run_of_the_paper_plan(tmp_path, capsys):
     assert seg["dependency"] == f"afterok:{ids['converted/flowe/seed0']}" and seg["kill-on-invalid-dep"] == "yes"
     assert (seg["nodes"], seg["ntasks-per-node"], seg["gpus-per-node"]) == ("1", "8", "8")
     assert seg["signal"] == "USR2@120" and "requeue" in seg
-    det = _flags(scripts["results_flowe_bdd100k_c4_seed0"])  # detectron2 starts its own process per GPU
-    assert (det["ntasks-per-node"], det["gpus-per-node"]) == ("1", "8")
+    if have_d2:
+        det = _flags(scripts["results_flowe_bdd100k_c4_seed0"])  # detectron2 starts its own process per GPU
+        assert (det["ntasks-per-node"], det["gpus-per-node"]) == ("1", "8")
     tables = _flags(scripts["tables"])
     assert sorted(tables["dependency"].removeprefix("afterany:").split(":"), key=int) == sorted(
         (v for k, v in ids.items() if k != "tables"), key=int)

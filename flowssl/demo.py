@@ -50,8 +50,8 @@ def demo_picture(work_dir: Path, data_root: Path, seed: int = 0, methods: tuple[
 
 def run_table_demo(work_dir: Path, plan: str | Path | None = None) -> str:
     """The default demo: the tiny benchmark for one seed — every method of ``configs/bench/tiny.py``
-    pretrained on the crowded synthetic street with one budget, read out frozen (DeepLab v1, and
-    Faster R-CNN C4 when detectron2 is installed) on held-out videos."""
+    pretrained on synthetic world v3 with one budget, read out frozen on held-out videos by the plan's
+    readouts (the converged linear probe, kNN, DeepLab v1 through MMSegmentation)."""
     from .bench import PRESETS, Bench
 
     bench = Bench(plan or PRESETS["tiny"], work_dir, seeds=[0])

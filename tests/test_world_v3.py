@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pretrain.data.datasets import SyntheticFrames
 from pretrain.data.pairs import SyntheticPairs
 from pretrain.data.synthetic import CLASSES, WORLDS, make_video, video_seed
-from pretrain.data.world import _inside
-from pretrain.data.world_v3 import ShapeFamiliesVideo, family_parts, sample_families
+from pretrain.data.world import _inside, sample_appearances
+from pretrain.data.world_v3 import ShapeFamiliesVideo, contrasting, family_parts, sample_families
 
 from .test_synthetic import _away_from_edges, _backward_warp, _colour_classifier, _targets
 
@@ -43,10 +43,12 @@ def test_ground_truth_flow_is_exact_once_the_illumination_is_divided_out(seed):
     torch.testing.assert_close(albedo, albedo0, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("gratings", [False, True])
 @pytest.mark.parametrize("family", range(1, len(CLASSES)))
-def test_part_layouts_tile_continuously_and_lie_inside_their_shape(family):
-    """A background region tiles a family's layout over [-1, 1)²: the layout must agree on opposite
-    edges of the square. On an object it must be a real layout: parts and body both present."""
+def test_part_layouts_tile_continuously_and_lie_inside_their_shape(family, gratings):
+    """A background region, and an object with ``REPEAT`` > 1, tile a family's layout over [-1, 1)²:
+    the layout must agree on opposite edges of the square. On an object it must be a real layout: parts
+    and body both present."""
     n = 64
     fam = sample_families(np.random.default_rng(family), np.full(n, family))
     index = torch.arange(n).repeat_interleave(101)
@@ -55,14 +57,29 @@ def test_part_layouts_tile_continuously_and_lie_inside_their_shape(family):
     edge = torch.ones_like(s)
     for a, b in ((torch.stack([-edge, s], 1), torch.stack([edge, s], 1)),
                  (torch.stack([s, -edge], 1), torch.stack([s, edge], 1))):
-        torch.testing.assert_close(family_parts(fam, index, a, eps), family_parts(fam, index, b, eps),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(family_parts(fam, index, a, eps, gratings),
+                                   family_parts(fam, index, b, eps, gratings), atol=1e-6, rtol=0)
     g = torch.linspace(-1, 1, 64, dtype=torch.float64)
     u = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
     inside = _inside(family, u[:, 0], u[:, 1])
     for i in range(n):
-        m = family_parts(fam, torch.full((len(u),), i), u, torch.full((len(u),), 0.02))[inside]
+        m = family_parts(fam, torch.full((len(u),), i), u, torch.full((len(u),), 0.02), gratings)[inside]
         assert 0.05 < m.mean() < 0.7, (i, m.mean())
+
+
+def test_parts_stand_out_from_their_body_in_grey_and_in_hue():
+    """``contrasting``: a part's colour is the body's opposite hue at the same saturation, its HSV value
+    at least 0.3 away and inside ``VALUE`` — visible after greyscale augmentation, whatever the class."""
+    import colorsys
+
+    value = ShapeFamiliesVideo.VALUE
+    body = torch.as_tensor(sample_appearances(np.random.default_rng(0), 256, 128, value)["a"])
+    part = contrasting(body, value)
+    for (r, g, b), (r2, g2, b2) in zip(body.tolist(), part.tolist(), strict=True):
+        h, s, v = colorsys.rgb_to_hsv(r, g, b)
+        h2, s2, v2 = colorsys.rgb_to_hsv(r2, g2, b2)
+        assert value[0] - 1e-6 <= v2 <= value[1] + 1e-6 and abs(v2 - v) >= 0.3 - 1e-6, (v, v2)
+        assert abs(s2 - s) < 1e-6 and (s < 1e-3 or min(abs(h2 - h), 1 - abs(h2 - h)) > 0.5 - 1e-6), (h, h2)
 
 
 def test_v3_is_selectable_by_name_where_worlds_are():

@@ -260,6 +260,9 @@ class Bench:
         if self.plan.get("clip_cache") and uses_clip_cache(cfg):  # rendered once, shared by the plan's methods
             cfg = load_config(config, {**options, "data.clip_cache": str(self.work / "clips")})
         ckpt = Trainer(cfg, work, resume="auto").train()
+        found = self.status.get(key, {})
+        if found.get("state") == "done" and found.get("checkpoint") == str(ckpt):
+            return ckpt  # found finished: its record keeps the time the training took
         self._record(key, "done", checkpoint=str(ckpt), seconds=round(time.perf_counter() - t0, 1))
         return ckpt
 

@@ -58,6 +58,8 @@ def test_plan_runs_resumes_and_prints_the_table(tmp_path, capsys):
     assert (work / "converted" / "rand_init" / "seed0.pth.json").is_file()
     assert main(["bench", _plan(tmp_path), "--work-dir", str(work)]) == 0  # resumable: nothing reruns
     assert "deeplabv1/synthetic: skipped (done)" in capsys.readouterr().out
+    again = json.loads((work / "status.json").read_text())
+    assert again["pretrain/rand_init/seed0"] == status["pretrain/rand_init/seed0"]  # its time is not overwritten
 
 
 def test_print_commands_for_a_cluster(tmp_path, capsys):
